@@ -1,0 +1,64 @@
+"""Human-readable text for a Result and for predicted-vs-measured comparisons. Pure functions."""
+
+from __future__ import annotations
+
+from moe.result.record import Result
+
+PHASES = ("attention_s", "gate_s", "dispatch_s", "expert_s", "combine_s", "exposed_comm_s")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:9.3f} ms"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_summary(r: Result) -> str:
+    spec = r.spec
+    c, w = spec.get("cluster", {}), spec.get("workload", {})
+    lines = [
+        f"{spec.get('name', '?')} [{r.backend}] {spec.get('model', {}).get('preset', '?')} on "
+        f"{c.get('nodes', '?')} x {c.get('gpus_per_node', '?')} GPUs ({r.machine or c.get('name', '')}), "
+        f"{w.get('phase', '?')} {w.get('tokens_per_gpu', '?')} tokens/GPU",
+        f"  step time      {_ms(r.step_time_s)}" + (f"   (median of {r.repeats})" if r.repeats > 1 else ""),
+        f"  throughput     {r.tokens_per_s:,.0f} tokens/s   ({r.tokens_per_s_per_gpu:,.0f} per GPU)",
+        f"  MoE layer      {_ms(r.moe_layer_s)}",
+    ]
+    for phase in PHASES:
+        lines.append(f"    {phase[:-2]:<14}{_ms(getattr(r.breakdown, phase))}")
+    lines.append(f"  bottleneck link {r.max_link or '-'}: {_bytes(r.max_link_bytes)} per MoE layer")
+    lines.append(f"  expert load imbalance {r.expert_load_imbalance:.2f} (max/mean tokens per GPU)"
+                 + (f", {r.dropped_tokens} tokens dropped" if r.dropped_tokens else ""))
+    lines.append(f"  KV cache {_bytes(r.kv_cache_bytes_per_token)}/token, peak memory "
+                 f"{_bytes(r.peak_memory_bytes_per_gpu)}/GPU, wall {r.wall_s:.2f} s")
+    return "\n".join(lines)
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    """(predicted - measured) / measured; 0 when both are 0, inf when only the measurement is 0."""
+    if measured == 0:
+        return 0.0 if predicted == 0 else float("inf")
+    return (predicted - measured) / measured
+
+
+def compare(predicted: Result, measured: Result) -> list[dict]:
+    """Rows of (quantity, predicted, measured, relative error) for step time, MoE layer and phases."""
+    rows = [("step_time_s", predicted.step_time_s, measured.step_time_s),
+            ("moe_layer_s", predicted.moe_layer_s, measured.moe_layer_s)]
+    rows += [(p, getattr(predicted.breakdown, p), getattr(measured.breakdown, p)) for p in PHASES]
+    return [{"quantity": q, "predicted": a, "measured": b, "rel_error": relative_error(a, b)} for q, a, b in rows]
+
+
+def format_comparison(predicted: Result, measured: Result) -> str:
+    lines = [f"{'quantity':<16}{predicted.backend + ' (predicted)':>20}{measured.backend + ' (measured)':>20}{'error':>10}"]
+    for row in compare(predicted, measured):
+        err = row["rel_error"]
+        lines.append(f"{row['quantity']:<16}{_ms(row['predicted']):>20}{_ms(row['measured']):>20}"
+                     f"{err * 100:>9.1f}%")
+    return "\n".join(lines)
