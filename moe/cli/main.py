@@ -25,7 +25,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moetb", description="Testbed for large-scale expert parallelism in MoE models")
+    parser = argparse.ArgumentParser(prog="moetb",
+                                     description="Testbed for large-scale expert parallelism in MoE models")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run one scenario on a backend")

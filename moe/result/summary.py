@@ -56,7 +56,8 @@ def compare(predicted: Result, measured: Result) -> list[dict]:
 
 
 def format_comparison(predicted: Result, measured: Result) -> str:
-    lines = [f"{'quantity':<16}{predicted.backend + ' (predicted)':>20}{measured.backend + ' (measured)':>20}{'error':>10}"]
+    head_p, head_m = f"{predicted.backend} (predicted)", f"{measured.backend} (measured)"
+    lines = [f"{'quantity':<16}{head_p:>20}{head_m:>20}{'error':>10}"]
     for row in compare(predicted, measured):
         err = row["rel_error"]
         lines.append(f"{row['quantity']:<16}{_ms(row['predicted']):>20}{_ms(row['measured']):>20}"

@@ -50,7 +50,8 @@ def chrome_trace(trace: Trace) -> dict[str, Any]:
     lanes = sorted({s.lane for s in trace.spans}, key=lambda n: (LANES.index(n) if n in LANES else len(LANES), n))
     tid = {lane: i for i, lane in enumerate(lanes)}
     for r in ranks:
-        events.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": trace.rank_names.get(r, f"rank {r}")}})
+        name = trace.rank_names.get(r, f"rank {r}")
+        events.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": name}})
         events.append({"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}})
         for lane, t in tid.items():
             events.append({"ph": "M", "name": "thread_name", "pid": r, "tid": t, "args": {"name": lane}})

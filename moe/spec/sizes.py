@@ -215,8 +215,8 @@ def memory_per_gpu(scenario: Scenario, slots: int | None = None) -> dict[str, in
 def derived(scenario: Scenario) -> dict:
     """Everything `moetb describe` reports about a scenario, as plain data."""
     m = scenario.model
-    kv_mla = kv_cache_bytes_per_token(m.model_copy(update={"attention": m.attention.model_copy(update={"kind": "mla"})}))
-    kv_mha = kv_cache_bytes_per_token(m.model_copy(update={"attention": m.attention.model_copy(update={"kind": "mha"})}))
+    kv_mla, kv_mha = (kv_cache_bytes_per_token(m.model_copy(update={"attention": m.attention.model_copy(
+        update={"kind": kind})})) for kind in ("mla", "mha"))
     return {
         "gpus": scenario.cluster.gpus,
         "moe_layers": m.moe_layers,
