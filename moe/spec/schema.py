@@ -221,6 +221,12 @@ class EmuOptions(Section):
     timeout_s: PosFloat = 60.0
     """Every blocking wait gives up after this long and aborts the job."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    fail_rank: Annotated[int, Field(ge=-1, strict=True)] = -1
+    """Fault injection (tests): this rank fails at `fail_at` in the first MoE layer it runs; -1: none."""
+    fail_at: Literal["dispatch", "expert", "combine"] = "expert"
+    fail_mode: Literal["raise", "hang"] = "raise"
+    """raise: the rank raises an exception; hang: it stops responding (the others' bounded waits end
+    the job)."""
 
 
 class RealOptions(Section):
