@@ -1,0 +1,214 @@
+"""Dispatch and combine of one (layer, micro-batch): the token-shard protocol, over any `Transport`.
+
+Shape letters:
+  T tokens of the micro-batch on this rank     K experts per token (top_k)     D hidden
+  R ranks                                       S expert slots per rank         N rows this rank sends
+  M rows this rank receives from one source     W bytes of a dispatch wire row  V bytes of a combine wire row
+  C = 2K meta columns (int32): the K local slots of a row on its destination (-1: not there), then the K
+  routing weights (float32 bits)
+
+A row is one distinct (token, destination rank) pair, as moe.traffic counts them: a token that chose
+several experts on one rank is sent there once, and that rank returns one row, the weighted sum of its
+experts' outputs (DeepEP's normal kernels do the same). Steps, as `emu.runtime` drives them:
+
+  sender      plan_dispatch: group kept (token, choice) pairs by destination rank -> SendPlan (frozen)
+              pack_rows: quantize once per token (FP8 + scales) and gather the rows of every shard
+              post_dispatch: exchange counts; Isend payload and meta shards; Irecv combine results
+  receiver    on counts: post_receives (Irecv payload and meta from each source that sends rows)
+              on payload+meta of a source: compute_shard (each local expert on its rows, weighted sum),
+              then send_result (Isend of the V-byte rows back to the source)
+  sender      on every result: combine_rows: sum the returned rows into the token's output
+
+The rows for this rank itself never touch the transport (they are computed from `pack_rows`'s buffer
+directly), but go through the same wire rounding so the result does not depend on placement.
+Tags: tag = key * 4 + kind, key = (step-local layer, micro-batch) index; see `tag`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from emu.transport import CountsExchange, Pending, Transport
+from moe.model.fp8 import pack, unpack, wire_bytes_per_token
+
+KIND_COUNTS, KIND_PAYLOAD, KIND_META, KIND_RESULT = 0, 1, 2, 3
+MAX_KEY = 7999
+"""Largest (layer, micro-batch) key: tags stay below 32000, under the 32767 every MPI guarantees."""
+
+
+def tag(key: int, kind: int) -> int:
+    if not 0 <= key <= MAX_KEY:
+        raise ValueError(f"dispatch key {key} outside [0, {MAX_KEY}] (too many layers x micro-batches)")
+    return key * 4 + kind
+
+
+@dataclass(frozen=True, eq=False)
+class SendPlan:
+    """Where this rank's rows go: the metadata dispatch produces and combine consumes."""
+
+    key: int
+    token_N: torch.Tensor
+    """Local token index of each row, rows grouped by destination rank (ascending), tokens ascending."""
+    counts_R: np.ndarray
+    """Rows per destination rank (= moe.traffic pair_tokens[this rank, :] of the micro-batch)."""
+    offsets_R1: np.ndarray
+    meta_NC: torch.Tensor
+    """int32 [N, 2K]: local slot of each choice on the row's destination (-1 elsewhere), then weights."""
+
+    def rows_to(self, dst: int) -> slice:
+        return slice(int(self.offsets_R1[dst]), int(self.offsets_R1[dst + 1]))
+
+
+def plan_dispatch(key: int, slot_TK: np.ndarray, keep_TK: np.ndarray, w_TK: torch.Tensor, slots_per_rank: int,
+                  ranks: int) -> SendPlan:
+    """Group the kept (token, choice) pairs by destination rank (slot // S) into distinct rows."""
+    t, k = slot_TK.shape
+    dst_TK = np.where(keep_TK, slot_TK // slots_per_rank, -1)
+    hit_TR = np.zeros((t, ranks + 1), dtype=bool)
+    hit_TR[np.arange(t)[:, None], dst_TK] = True  # column -1 (the extra one) collects dropped choices
+    dst_N, token_N = np.nonzero(hit_TR[:, :ranks].T)  # rank-major, tokens ascending within a rank
+    counts_R = np.bincount(dst_N, minlength=ranks).astype(np.int64)
+    offsets_R1 = np.concatenate([[0], np.cumsum(counts_R)])
+    local_NK = np.where(dst_TK[token_N] == dst_N[:, None], slot_TK[token_N] % slots_per_rank, -1)
+    meta_NC = torch.empty(len(token_N), 2 * k, dtype=torch.int32)
+    meta_NC[:, :k] = torch.from_numpy(local_NK.astype(np.int32))
+    token_t = torch.from_numpy(token_N.astype(np.int64))
+    meta_NC[:, k:] = w_TK.detach().to("cpu", torch.float32).index_select(0, token_t).view(torch.int32)
+    return SendPlan(key=key, token_N=token_t, counts_R=counts_R, offsets_R1=offsets_R1, meta_NC=meta_NC)
+
+
+def pack_rows(x_TD: torch.Tensor, plan: SendPlan, dispatch_dtype: str) -> torch.Tensor:
+    """Wire rows [N, W] of every row of the plan: each token quantized once, then gathered per row."""
+    wire_TW = pack(x_TD, dispatch_dtype)
+    return wire_TW.index_select(0, plan.token_N.to(wire_TW.device))
+
+
+@dataclass
+class Exchange:
+    """One (layer, micro-batch) in flight on this rank, as sender (its plan) and as receiver (the shards
+    of every source). The runtime feeds completed transport operations to it."""
+
+    key: int
+    plan: SendPlan
+    hidden: int
+    dispatch_dtype: str
+    combine_dtype: str
+    counts: CountsExchange | None = None
+    sends: list[Pending] = field(default_factory=list)
+    result_bufs: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Destination rank -> its [rows, V] combine rows (the local one filled without the transport)."""
+    results_missing: set[int] = field(default_factory=set)
+    shard_bufs: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """Source rank -> (wire [M, W], meta [M, C]) received (or, for this rank, sliced locally)."""
+    shard_parts: dict[int, int] = field(default_factory=dict)
+    """Source rank -> parts (payload, meta) still to arrive."""
+    receives_posted: bool = False
+
+    @property
+    def row_bytes(self) -> int:
+        return wire_bytes_per_token(self.hidden, self.dispatch_dtype)
+
+    @property
+    def result_row_bytes(self) -> int:
+        return wire_bytes_per_token(self.hidden, self.combine_dtype)
+
+    @property
+    def combined(self) -> bool:
+        return not self.results_missing
+
+    def expected_sources(self) -> list[int]:
+        """Sources that send rows here (known once the counts arrived)."""
+        assert self.counts is not None and self.counts.complete
+        return [int(s) for s in np.flatnonzero(self.counts.recv_RX[:, 0])]
+
+
+def post_dispatch(tr: Transport, ex: Exchange, wire_NW: torch.Tensor) -> list[Pending]:
+    """Sender side: start the counts exchange, Isend payload and meta to every destination, post the
+    Irecv of every destination's results. Returns every posted operation (the runtime tracks them)."""
+    plan, me = ex.plan, tr.rank
+    ex.counts = tr.exchange_counts(plan.counts_R[:, None], tag(ex.key, KIND_COUNTS))
+    # host synchronization: wire_NW and meta must be complete host buffers before MPI reads them
+    wire_NW, meta_NC = tr.to_wire(wire_NW), tr.to_wire(plan.meta_NC)
+    posted = list(ex.counts.pending)
+    for dst in [me] + tr.peers():
+        rows = plan.rows_to(dst)
+        n = rows.stop - rows.start
+        if n == 0:
+            continue
+        ex.results_missing.add(dst)
+        if dst == me:  # local rows: no transport, same wire format
+            ex.shard_bufs[me] = (wire_NW[rows], meta_NC[rows])
+            ex.shard_parts[me] = 0
+            continue
+        # hand-off to the transport: contiguous row ranges of wire_NW / meta_NC, untouched until done
+        posted.append(tr.isend(wire_NW[rows].reshape(-1), dst, tag(ex.key, KIND_PAYLOAD), ("sent", ex.key)))
+        posted.append(tr.isend(meta_NC[rows].reshape(-1).view(torch.uint8), dst, tag(ex.key, KIND_META),
+                               ("sent", ex.key)))
+        buf = torch.empty(n, ex.result_row_bytes, dtype=torch.uint8, device=tr.device)
+        ex.result_bufs[dst] = buf
+        # hand-off to the transport: buf belongs to it until this receive completes
+        posted.append(tr.irecv(buf.view(-1), dst, tag(ex.key, KIND_RESULT), ("result", ex.key, dst)))
+    ex.sends = [p for p in posted if p.meta and p.meta[0] == "sent"]
+    return posted
+
+
+def post_receives(tr: Transport, ex: Exchange, k: int) -> list[Pending]:
+    """Receiver side, once the counts are in: Irecv payload and meta from every source with rows."""
+    posted = []
+    for src in ex.expected_sources():
+        if src == tr.rank:
+            continue
+        m = int(ex.counts.recv_RX[src, 0])
+        wire = torch.empty(m, ex.row_bytes, dtype=torch.uint8, device=tr.device)
+        meta = torch.empty(m, 2 * k, dtype=torch.int32, device=tr.device)
+        ex.shard_bufs[src] = (wire, meta)
+        ex.shard_parts[src] = 2
+        # hand-off to the transport: both buffers belong to it until their receives complete
+        posted.append(tr.irecv(wire.view(-1), src, tag(ex.key, KIND_PAYLOAD), ("shard", ex.key, src)))
+        posted.append(tr.irecv(meta.view(-1).view(torch.uint8), src, tag(ex.key, KIND_META),
+                               ("shard", ex.key, src)))
+    ex.receives_posted = True
+    return posted
+
+
+def compute_shard(block, expert_of_slot: list[int], wire_MW: torch.Tensor, meta_MC: torch.Tensor, hidden: int,
+                  dispatch_dtype: str, combine_dtype: str, device: torch.device) -> torch.Tensor:
+    """Receiver side: each local expert on the rows that chose it, summed with the routing weights in
+    float32, as combine wire rows [M, V]. `block.expert_forward(expert, x)` takes FP8 payload + scales."""
+    k = meta_MC.shape[1] // 2
+    x = unpack(wire_MW.to(device), hidden, dispatch_dtype)
+    slot_MK = meta_MC[:, :k].to(device)
+    w_MK = meta_MC[:, k:].contiguous().view(torch.float32).to(device)
+    out_MD = torch.zeros(wire_MW.shape[0], hidden, dtype=torch.float32, device=device)
+    for s, expert in enumerate(expert_of_slot):
+        rows, cols = torch.nonzero(slot_MK == s, as_tuple=True)  # host sync: sizes decide the GEMM
+        if len(rows) == 0:
+            continue
+        y_RD = block.expert_forward(expert, x.index_select(rows) if hasattr(x, "q_TD") else x.index_select(0, rows))
+        out_MD.index_add_(0, rows, y_RD.float() * w_MK[rows, cols, None])
+    return pack(out_MD, combine_dtype)
+
+
+def send_result(tr: Transport, ex: Exchange, src: int, result_MV: torch.Tensor) -> Pending | None:
+    """Receiver side: return a computed shard to its source (locally when the source is this rank)."""
+    if src == tr.rank:
+        ex.result_bufs[src] = result_MV
+        ex.results_missing.discard(src)
+        return None
+    # hand-off to the transport: a complete host copy of the results (synchronous copy from a GPU)
+    buf = tr.to_wire(result_MV)
+    return tr.isend(buf.view(-1), src, tag(ex.key, KIND_RESULT), ("sent", ex.key))
+
+
+def combine_rows(ex: Exchange, tokens: int, device: torch.device) -> torch.Tensor:
+    """Sender side, every result in: float32 [T, D] sum of the returned rows into their tokens."""
+    plan = ex.plan
+    out_TD = torch.zeros(tokens, ex.hidden, dtype=torch.float32, device=device)
+    for dst, buf in sorted(ex.result_bufs.items()):
+        y = unpack(buf.to(device), ex.hidden, ex.combine_dtype)
+        y_ND = y.dequantize(torch.float32) if hasattr(y, "q_TD") else y.float()
+        out_TD.index_add_(0, plan.token_N[plan.rows_to(dst)].to(device), y_ND)
+    return out_TD

@@ -1,0 +1,99 @@
+"""The Transport over mpi4py: Isend/Irecv of host byte buffers, Testsome for progress, bounded waits.
+
+Every buffer handed to MPI is a contiguous uint8 torch tensor in host memory, passed to MPI as a NumPy
+view of the same memory (no copy). `Pending` keeps the tensor alive until the request completes.
+Collectives with a timeout are built from non-blocking pieces (Ibarrier; improbe + pickled messages),
+since a blocking MPI collective cannot be interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import torch
+from mpi4py import MPI
+
+from emu.transport import Pending, Transport, poll_until
+
+GATHER_TAG = 32000
+BCAST_TAG = 32001
+"""Tags of the pickled collectives; shard tags stay below them (`emu.dispatch.tag`)."""
+
+
+def _mpi_buffer(buf_B: torch.Tensor):
+    if buf_B.dtype != torch.uint8 or not buf_B.is_contiguous() or buf_B.device.type != "cpu":
+        raise ValueError(f"MPI buffers must be contiguous uint8 host tensors, got {buf_B.dtype} on "
+                         f"{buf_B.device}")
+    return [buf_B.numpy(), MPI.BYTE]
+
+
+class MPITransport(Transport):
+    name = "mpi"
+
+    def __init__(self, comm: MPI.Comm | None = None):
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.device = torch.device("cpu")
+        self.messages_posted = 0
+
+    # ---------------------------------------------------------------------------- point to point
+    def isend(self, buf_B, dst, tag, meta=None) -> Pending:
+        # hand-off to MPI: buf_B is complete in host memory (see Transport.to_wire) and stays untouched
+        self.messages_posted += 1
+        return Pending(self.comm.Isend(_mpi_buffer(buf_B), dst, tag), buf_B, dst, tag, meta)
+
+    def irecv(self, buf_B, src, tag, meta=None) -> Pending:
+        # hand-off to MPI: buf_B is owned by MPI until this request completes
+        return Pending(self.comm.Irecv(_mpi_buffer(buf_B), src, tag), buf_B, src, tag, meta)
+
+    def test_some(self, pending: Sequence[Pending]) -> list[int]:
+        live = [i for i, p in enumerate(pending) if not p.done]
+        if not live:
+            return []
+        done = MPI.Request.Testsome([pending[i].handle for i in live])
+        if not done:
+            return []
+        out = [live[j] for j in done]
+        for i in out:
+            pending[i].done = True
+        return out
+
+    # ------------------------------------------------------------------------------ collectives
+    def barrier(self, timeout_s: float) -> None:
+        req = self.comm.Ibarrier()
+        poll_until(lambda: True if req.Test() else None, timeout_s, "a barrier (another rank is stuck)",
+                   self.rank)
+
+    def _recv_pickled(self, src: int, tag: int, timeout_s: float, what: str) -> Any:
+        msg = poll_until(lambda: self.comm.improbe(src, tag), timeout_s, what, self.rank)
+        return msg.recv()
+
+    def gather(self, obj: Any, timeout_s: float) -> list[Any] | None:
+        if self.rank != 0:
+            req = self.comm.isend(obj, 0, GATHER_TAG)
+            poll_until(lambda: True if req.Test() else None, timeout_s, "rank 0 to collect results", self.rank)
+            return None
+        out = [obj]
+        for src in range(1, self.size):
+            out.append(self._recv_pickled(src, GATHER_TAG, timeout_s, f"results from rank {src}"))
+        return out
+
+    def bcast(self, obj: Any, timeout_s: float) -> Any:
+        if self.rank == 0:
+            reqs = [self.comm.isend(obj, dst, BCAST_TAG) for dst in range(1, self.size)]
+            poll_until(lambda: True if MPI.Request.Testall(reqs) else None, timeout_s,
+                       "every rank to receive a broadcast", self.rank)
+            return obj
+        return self._recv_pickled(0, BCAST_TAG, timeout_s, "a broadcast from rank 0")
+
+    def abort(self, code: int) -> NoReturn:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        self.comm.Abort(code)
+        raise SystemExit(code)  # not reached: MPI_Abort ends the process
+
+    def now(self) -> float:
+        return MPI.Wtime()

@@ -1,0 +1,264 @@
+"""One rank's forward step: every layer of every micro-batch, driven by one event loop over a Transport.
+
+Shape letters: T tokens of a micro-batch, D hidden, K = top_k, M micro-batches.
+
+The loop never blocks while it has work. In order of priority it
+  1. takes completed transport operations (counts -> post the shard receives; a shard -> queue it; a
+     result -> mark it), which also drives the library's progress for everything in flight;
+  2. computes one queued shard for another rank (earliest layer and micro-batch first) and sends it back;
+  3. combines a micro-batch whose results are all in, and moves it to its next layer;
+  4. runs the front of a layer for a ready micro-batch: attention, gate, grouping, FP8 packing, and posts
+     its dispatch; the shared expert then runs while the shards travel;
+and only when nothing is runnable it waits (bounded) for any operation to complete. Schedule switches:
+  schedule.overlap = false      one micro-batch at a time; a shard is computed only once every shard of
+                                its (layer, micro-batch) is in; nothing else runs while one is in flight
+  schedule.layer_pipeline=false a micro-batch starts layer l + 1 only when every micro-batch finished l
+A step ends on a rank when its micro-batches are through every layer and it has served every shard
+sent to it and every send has completed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from emu import dispatch as dp
+from emu.faults import maybe_fail
+from emu.microbatch import Layout, new_caches
+from emu.plan import RunPlan
+from emu.timing import PhaseClock
+from emu.transport import Pending, Transport
+from moe.spec.schema import Scenario
+
+
+@dataclass
+class MBState:
+    """A micro-batch's progress through the layers."""
+
+    layer: int = 0
+    x_TD: torch.Tensor | None = None
+    exchange: dp.Exchange | None = None
+    shared_TD: torch.Tensor | None = None
+    attention_done: int = -1
+    """Last layer whose attention this micro-batch ran."""
+
+
+@dataclass
+class StepStats:
+    """What one rank measured in one step (traffic rows are this rank's row of the pair matrix)."""
+
+    pair_rows_JR: np.ndarray
+    requests_J: np.ndarray
+    layer_end_s: list[float] = field(default_factory=list)
+    end_s: float = 0.0
+
+
+class RankRuntime:
+    def __init__(self, scenario: Scenario, transport: Transport, plan: RunPlan, model, lay: Layout,
+                 clock: PhaseClock, device: torch.device):
+        self.s, self.tr, self.plan, self.model, self.lay = scenario, transport, plan, model, lay
+        self.clock, self.device = clock, device
+        self.cfg = scenario.model
+        self.sched = scenario.schedule
+        self.opts = scenario.emu
+        self.slots = plan.placement.slots_per_gpu
+        self.expert_of_slot = plan.expert_of_slot(transport.rank)
+        self.fault_armed = True
+
+    # ------------------------------------------------------------------------------------ one step
+    def step(self, x_TD: torch.Tensor, pattern: int, seed: int) -> tuple[torch.Tensor, StepStats]:
+        """One forward step of the rank's tokens x_TD through every layer; returns the output hidden
+        states and the step's statistics."""
+        lay, layers = self.lay, self.cfg.layers
+        self.caches = new_caches(self.model, lay, seed)
+        self.pattern = pattern
+        self.mbs = [MBState(x_TD=x_TD.index_select(0, mb.tokens_T.to(x_TD.device))) for mb in lay.micro_batches]
+        self.exchanges: dict[int, dp.Exchange] = {}
+        self.pending: list[Pending] = []
+        self.shard_queue: deque[tuple[int, int]] = deque()
+        self.queued_all: set[int] = set()
+        self.stats = StepStats(np.zeros((self.cfg.moe_layers, self.tr.size), dtype=np.int64),
+                               np.zeros(self.cfg.moe_layers, dtype=np.int64), [0.0] * layers)
+        while True:
+            if self._take_completions() or self._compute_one_shard() or self._combine_ready() \
+                    or self._start_ready():
+                continue
+            if all(st.layer == layers for st in self.mbs) and not self.shard_queue and self._all_served():
+                break
+            self._block()
+        self.stats.end_s = self.clock.elapsed()
+        out = torch.empty_like(x_TD)
+        for mb, st in zip(lay.micro_batches, self.mbs, strict=True):
+            out[mb.tokens_T.to(out.device)] = st.x_TD
+        return out, self.stats
+
+    # ----------------------------------------------------------------------------- loop pieces
+    def _take_completions(self) -> bool:
+        done = self.tr.test_some(self.pending)
+        for i in done:
+            self._on_complete(self.pending[i])
+        if done:
+            self.pending = [p for p in self.pending if not p.done]
+        return bool(done)
+
+    def _on_complete(self, p: Pending) -> None:
+        kind, key = (p.meta[0], p.meta[1]) if isinstance(p.meta, tuple) else (p.meta, None)
+        if kind == "counts":
+            for ex in self.exchanges.values():
+                self._check_counts(ex)
+        elif kind == "shard":
+            ex, src = self.exchanges[key], p.meta[2]
+            ex.shard_parts[src] -= 1
+            if ex.shard_parts[src] == 0:
+                self._arrived(ex, src)
+        elif kind == "result":
+            self.exchanges[key].results_missing.discard(p.meta[2])
+
+    def _check_counts(self, ex: dp.Exchange) -> None:
+        """Once an exchange's counts are in, post its shard receives."""
+        if not ex.receives_posted and ex.counts is not None and ex.counts.complete:
+            self.pending += dp.post_receives(self.tr, ex, self.cfg.top_k)
+            self._queue_all(ex)
+
+    def _arrived(self, ex: dp.Exchange, src: int) -> None:
+        """Every part of src's shard is in: with overlap it can be computed at once."""
+        if self.sched.overlap:
+            self.shard_queue.append((ex.key, src))
+        else:
+            self._queue_all(ex)
+
+    def _queue_all(self, ex: dp.Exchange) -> None:
+        """Without overlap: queue an exchange's shards once every one of them is in."""
+        if self.sched.overlap or ex.key in self.queued_all or not ex.receives_posted \
+                or any(n for n in ex.shard_parts.values()):
+            return
+        self.queued_all.add(ex.key)
+        self.shard_queue.extend((ex.key, s) for s in sorted(ex.shard_parts))
+
+    def _compute_one_shard(self) -> bool:
+        if not self.shard_queue:
+            return False
+        key, src = min(self.shard_queue)
+        self.shard_queue.remove((key, src))
+        ex = self.exchanges[key]
+        layer = self._layer_of_key(key)
+        block = self.model.block(layer)
+        wire_MW, meta_MC = ex.shard_bufs.pop(src)
+        if self.fault_armed:
+            maybe_fail(self.opts, self.tr.rank, "expert", self.opts.timeout_s)
+        with self.clock.span("expert", layer, key % len(self.mbs)):
+            result_MV = dp.compute_shard(block, self.expert_of_slot, wire_MW, meta_MC, self.cfg.hidden,
+                                         self.sched.dispatch_dtype, self.sched.combine_dtype, self.device)
+        k = self.cfg.top_k
+        self.stats.requests_J[layer - self.cfg.dense_layers] += int((meta_MC[:, :k] >= 0).sum())
+        sent = dp.send_result(self.tr, ex, src, result_MV)
+        if sent is not None:
+            self.pending.append(sent)
+        return True
+
+    def _combine_ready(self) -> bool:
+        for i, st in enumerate(self.mbs):
+            ex = st.exchange
+            if ex is None or not ex.combined:
+                continue
+            layer = st.layer
+            if self.fault_armed:
+                maybe_fail(self.opts, self.tr.rank, "combine", self.opts.timeout_s)
+            with self.clock.span("combine", layer, i):
+                routed_TD = dp.combine_rows(ex, st.x_TD.shape[0], self.device)
+                out = st.x_TD.float() + routed_TD
+                if st.shared_TD is not None:
+                    out = out + st.shared_TD.float()
+                st.x_TD = out.to(st.x_TD.dtype)
+            st.exchange, st.shared_TD = None, None
+            self._finish_layer(i, st)
+            return True
+        return False
+
+    def _finish_layer(self, i: int, st: MBState) -> None:
+        if st.layer >= self.cfg.dense_layers and self.fault_armed and i == len(self.mbs) - 1:
+            self.fault_armed = False  # faults fire in the first MoE layer only
+        st.layer += 1
+        self.stats.layer_end_s[st.layer - 1] = self.clock.elapsed()
+
+    def _ready(self, i: int, st: MBState) -> bool:
+        if st.layer == self.cfg.layers or st.exchange is not None:
+            return False
+        if not self.sched.layer_pipeline and any(o.layer < st.layer for o in self.mbs):
+            return False
+        after = self.lay.micro_batches[i].after
+        if after is not None and self.mbs[after].attention_done < st.layer:
+            return False
+        if not self.sched.overlap and any(o.exchange is not None for o in self.mbs):
+            return False
+        return True
+
+    def _start_ready(self) -> bool:
+        ready = [(st.layer, i) for i, st in enumerate(self.mbs) if self._ready(i, st)]
+        if not ready:
+            return False
+        layer, i = min(ready)
+        self._layer_front(i, self.mbs[i], layer)
+        return True
+
+    def _layer_front(self, i: int, st: MBState, layer: int) -> None:
+        block, mb = self.model.block(layer), self.lay.micro_batches[i]
+        with self.clock.span("attention", layer, i):
+            x_TD = block.attention(st.x_TD, self.caches[mb.group][layer])
+        st.attention_done = layer
+        if not block.is_moe:
+            with self.clock.span("dense", layer, i):
+                z_TD = block.ffn_input(x_TD)
+                st.x_TD = (x_TD.float() + block.dense_forward(z_TD).float()).to(x_TD.dtype)
+            self._finish_layer(i, st)
+            return
+        j = layer - self.cfg.dense_layers
+        r = self.plan.routing_PJ[self.pattern][j]
+        rows = mb.tokens_T.numpy()
+        with self.clock.span("gate", layer, i):
+            z_TD = block.ffn_input(x_TD)
+            ids_TK = torch.from_numpy(r.ids_TK[rows]).to(z_TD.device)
+            _, w_TK = block.route(z_TD, ids_TK)
+        key = j * len(self.mbs) + i
+        plan = dp.plan_dispatch(key, r.slot_TK[rows], r.keep_TK[rows], w_TK, self.slots, self.tr.size)
+        self.stats.pair_rows_JR[j] += plan.counts_R
+        with self.clock.span("dispatch", layer, i):
+            wire_NW = dp.pack_rows(z_TD, plan, self.sched.dispatch_dtype)
+        if self.fault_armed:
+            maybe_fail(self.opts, self.tr.rank, "dispatch", self.opts.timeout_s)
+        ex = dp.Exchange(key, plan, self.cfg.hidden, self.sched.dispatch_dtype, self.sched.combine_dtype)
+        self.exchanges[key] = ex
+        self.pending += dp.post_dispatch(self.tr, ex, wire_NW)
+        if self.tr.rank in ex.shard_parts:
+            self._arrived(ex, self.tr.rank)
+        self._check_counts(ex)
+        st.x_TD, st.exchange = x_TD, ex
+        with self.clock.span("expert", layer, i):
+            st.shared_TD = block.shared_forward(z_TD)
+
+    # ---------------------------------------------------------------------------------- waiting
+    def _layer_of_key(self, key: int) -> int:
+        return self.cfg.dense_layers + key // len(self.mbs)
+
+    def _shards_outstanding(self, ex: dp.Exchange) -> bool:
+        return not ex.receives_posted or any(n for n in ex.shard_parts.values())
+
+    def _all_served(self) -> bool:
+        """Every exchange's shards computed and every send completed."""
+        return not self.pending and all(ex.receives_posted and not ex.shard_bufs for ex in self.exchanges.values())
+
+    def _block(self) -> None:
+        waiting_shards = any(self._shards_outstanding(ex) for ex in self.exchanges.values())
+        name = "wait_dispatch" if waiting_shards else "wait_combine"
+        what = (f"{'dispatch shards' if waiting_shards else 'combine results'} (step pattern {self.pattern}, "
+                f"{len(self.pending)} transfers in flight)")
+        start = self.clock.now()
+        done = self.tr.wait_any(self.pending, self.opts.timeout_s, what)
+        self.clock.add(name, start, self.clock.now())
+        for idx in done:
+            self._on_complete(self.pending[idx])
+        self.pending = [p for p in self.pending if not p.done]
+

@@ -1,0 +1,177 @@
+"""The Transport: what the dispatch/combine protocol (`emu.dispatch`) needs from a communication library.
+
+`emu.mpi_transport.MPITransport` implements it over mpi4py; `real/` implements it over NCCL or gloo
+(torch.distributed) and reuses the protocol and runtime unchanged. Buffers are flat, contiguous uint8
+torch tensors on `Transport.device` (the host for MPI: the usual Open MPI build is not CUDA-aware).
+
+Shape letters: R ranks, X per-rank count columns (expert slots per rank), B bytes of a buffer.
+
+Contract the protocol keeps, so that tag-less transports (NCCL matches point-to-point calls per peer in
+issue order) work too:
+- `exchange_counts` is called for the same (layer, micro-batch) keys in the same order on every rank;
+- for each ordered pair of ranks, sends and receives of shards are posted in the same order on both ends
+  (per (layer, micro-batch) key, dispatch shard before its combine result).
+Every wait is bounded: a transport raises `WaitTimeout` naming what it waited for, and the runtime then
+aborts the whole job (`emu.faults`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import numpy as np
+import torch
+
+from moe.errors import RunFailure
+
+T = TypeVar("T")
+
+SPIN_POLLS = 200
+"""Polls between yields before a waiting rank starts to sleep: spinning keeps latency low when every
+rank has a core; sleeping frees the core when ranks are oversubscribed (16 ranks on 2 cores)."""
+SLEEP_MIN_S = 20e-6
+SLEEP_MAX_S = 1e-3
+"""Sleep between polls grows geometrically from SLEEP_MIN_S to SLEEP_MAX_S while nothing completes, so an
+idle rank costs little CPU and notices a completion within about 1 ms."""
+
+
+class WaitTimeout(RunFailure):
+    """A bounded wait ran out: names the rank, what it waited for and for how long."""
+
+
+@dataclass
+class Pending:
+    """One posted non-blocking operation. Holds its buffer so the buffer lives until completion."""
+
+    handle: Any
+    buf: torch.Tensor
+    peer: int
+    tag: int
+    meta: Any = None
+    done: bool = False
+
+
+@dataclass
+class CountsExchange:
+    """Counts in flight: recv_RX[src] is valid for every src once `pending` has completed."""
+
+    key: int
+    send_RX: np.ndarray
+    recv_RX: np.ndarray
+    pending: list[Pending] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(p.done for p in self.pending)
+
+
+def poll_until(test: Callable[[], T | None], timeout_s: float, what: str, rank: int) -> T:
+    """Call `test` until it returns something other than None, at most `timeout_s` seconds (spin, then
+    sleep with back-off; constants above). Raises WaitTimeout naming the rank and `what`."""
+    start = time.monotonic()
+    polls, sleep_s = 0, SLEEP_MIN_S
+    while True:
+        out = test()
+        if out is not None:
+            return out
+        waited = time.monotonic() - start
+        if waited > timeout_s:
+            raise WaitTimeout(f"rank {rank}: timed out after {timeout_s:g} s waiting for {what}")
+        polls += 1
+        if polls < SPIN_POLLS:
+            os.sched_yield()
+        else:
+            time.sleep(sleep_s)
+            sleep_s = min(SLEEP_MAX_S, sleep_s * 2)
+
+
+class Transport(ABC):
+    """Non-blocking point-to-point byte shards, count exchange, bounded waits, and a few collectives."""
+
+    rank: int
+    size: int
+    device: torch.device
+    """Where buffers handed to this transport must live (host memory for MPI)."""
+    name: str = "transport"
+
+    # ---------------------------------------------------------------------------- point to point
+    @abstractmethod
+    def isend(self, buf_B: torch.Tensor, dst: int, tag: int, meta: Any = None) -> Pending:
+        """Post a send of a contiguous uint8 buffer; the caller must not touch it until completion."""
+
+    @abstractmethod
+    def irecv(self, buf_B: torch.Tensor, src: int, tag: int, meta: Any = None) -> Pending:
+        """Post a receive into a contiguous uint8 buffer of exactly the incoming size."""
+
+    @abstractmethod
+    def test_some(self, pending: Sequence[Pending]) -> list[int]:
+        """Indices of the operations that completed since the last call (marks them done); never
+        blocks. Calling it also drives the library's progress for everything in flight."""
+
+    def wait_any(self, pending: Sequence[Pending], timeout_s: float, what: str) -> list[int]:
+        """Block (bounded) until at least one operation completes; returns the indices that did."""
+        if all(p.done for p in pending):
+            raise ValueError(f"wait_any on {what}: nothing is in flight")
+        return poll_until(lambda: self.test_some(pending) or None, timeout_s, what, self.rank)
+
+    def wait_all(self, pending: Sequence[Pending], timeout_s: float, what: str) -> None:
+        """Block (bounded) until every operation has completed."""
+        def test():
+            self.test_some(pending)
+            return True if all(p.done for p in pending) else None
+        poll_until(test, timeout_s, what, self.rank)
+
+    # --------------------------------------------------------------------------------- counts
+    def exchange_counts(self, send_RX: np.ndarray, key: int) -> CountsExchange:
+        """Start sending row r of send_RX (int64) to rank r and receiving each rank's row for us;
+        `key` identifies the (layer, micro-batch). Our own row is copied locally. Default: one small
+        point-to-point message per peer (tags keep keys apart)."""
+        send_RX = np.ascontiguousarray(send_RX, dtype=np.int64)
+        recv_RX = np.zeros_like(send_RX)
+        recv_RX[self.rank] = send_RX[self.rank]
+        ex = CountsExchange(key=key, send_RX=send_RX, recv_RX=recv_RX)
+        send_t, recv_t = torch.from_numpy(send_RX), torch.from_numpy(recv_RX)
+        for peer in self.peers():
+            # hand-off to the library: rows of the host arrays, kept alive by Pending until completion
+            ex.pending.append(self.irecv(recv_t[peer].view(torch.uint8), peer, key, meta="counts"))
+            ex.pending.append(self.isend(send_t[peer].view(torch.uint8), peer, key, meta="counts"))
+        return ex
+
+    def peers(self) -> list[int]:
+        """Other ranks, starting after our own so that not every rank talks to rank 0 first."""
+        return [(self.rank + i) % self.size for i in range(1, self.size)]
+
+    # ------------------------------------------------------------------------------ collectives
+    @abstractmethod
+    def barrier(self, timeout_s: float) -> None:
+        """Every rank has reached this point (bounded wait)."""
+
+    @abstractmethod
+    def gather(self, obj: Any, timeout_s: float) -> list[Any] | None:
+        """Picklable `obj` of every rank, in rank order, on rank 0; None elsewhere (bounded wait)."""
+
+    @abstractmethod
+    def bcast(self, obj: Any, timeout_s: float) -> Any:
+        """Rank 0's `obj` on every rank (bounded wait)."""
+
+    @abstractmethod
+    def abort(self, code: int) -> NoReturn:
+        """End every rank of the job at once (after the caller printed why)."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """Seconds on this rank's clock (MPI.Wtime for MPI)."""
+
+    # ---------------------------------------------------------------------------- host hand-off
+    def to_wire(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor as a contiguous buffer on this transport's device. From a CUDA tensor to the host this
+        is a synchronous copy: the copy waits for the producing stream, so the buffer is complete before
+        it is handed to the library (host synchronization point)."""
+        if t.device != self.device:
+            t = t.to(self.device, non_blocking=False)
+        return t.contiguous()
