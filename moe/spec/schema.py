@@ -125,6 +125,9 @@ class Cluster(Section):
     """Fixed cost of one GPU kernel (launch and tail), added to every compute op."""
     message_overhead_us: NonNegFloat = 2.0
     """Fixed cost of posting one point-to-point message."""
+    comm_copy_GBps: NonNegFloat = 0.0
+    """Bytes per second the communication kernels' SMs copy per GPU (into send buffers, forwarding,
+    out of receive buffers); 0: copies are not a limit (the simulator then models links only)."""
     alltoall_curve: tuple[CurvePoint, ...] = ()
     """Measured all-to-all bus bandwidth versus bytes per rank (calibration)."""
     p2p_curve: tuple[CurvePoint, ...] = ()
