@@ -1,9 +1,34 @@
 """Expert placement: which logical experts (and replicas) each GPU's expert slots hold.
 
-A strategy is a pure function (scenario, expected load) -> Placement; `moe.placement.types` says how
-replicas share a replicated expert's tokens (nearest replica: same GPU, same node, then least loaded).
+    load = expected_load(scenario, layer)          # a sample of the layer's routing
+    placement = place(scenario, load)              # the scenario's strategy (or strategy="random", ...)
+
+A strategy is a pure function (scenario, expected load) -> Placement (moe.placement.strategies,
+moe.placement.topology_aware); moe.placement.types says how replicas share a replicated expert's tokens
+(nearest replica: same GPU, same node, then least loaded).
 """
 
-from moe.placement.types import BUCKETS, Placement, make_placement, request_bucket
+from __future__ import annotations
 
-__all__ = ["BUCKETS", "Placement", "make_placement", "request_bucket"]
+from moe.placement.load import ExpectedLoad, expected_load, load_from_ids
+from moe.placement.strategies import contiguous, one_per_gpu, random, replicate_hot
+from moe.placement.types import Placement, make_placement, token_bucket
+from moe.spec.schema import Scenario
+
+STRATEGIES = {"one_per_gpu": one_per_gpu, "contiguous": contiguous, "random": random,
+              "replicate_hot": replicate_hot}
+
+
+def place(scenario: Scenario, load: ExpectedLoad | None = None, strategy: str | None = None) -> Placement:
+    """Placement of the scenario's strategy (or `strategy`) for the expected load (default: a sample of
+    MoE layer 0, step 0)."""
+    strategy = strategy or scenario.placement.strategy
+    if strategy == "topology_aware":
+        from moe.placement.topology_aware import topology_aware as fn
+    else:
+        fn = STRATEGIES[strategy]
+    return fn(scenario, expected_load(scenario) if load is None else load)
+
+
+__all__ = ["STRATEGIES", "ExpectedLoad", "Placement", "contiguous", "expected_load", "load_from_ids",
+           "make_placement", "one_per_gpu", "place", "random", "replicate_hot", "token_bucket"]

@@ -1,7 +1,7 @@
 """A placement: which logical expert each expert slot of each GPU holds, and how replicas share tokens.
 
 Shape letters: G GPUs, S expert slots per GPU, X = G*S slot ids (slot id = gpu * S + s), E logical
-experts, N nodes, Q replica-choice buckets.
+experts, D nodes, Q replica-choice buckets, K choices per token, N tokens.
 
 A (token, expert) request from source GPU `src` goes to the nearest replica of the expert:
 1. a replica on `src` itself;
@@ -11,8 +11,10 @@ A (token, expert) request from source GPU `src` goes to the nearest replica of t
    gpus_per_node / c_n(r) units from its own node (c_n replicas of the expert on that node); the units of
    the nodes without a replica are spread so that every replica ends as level as possible ("least
    loaded"). The shares depend only on where the replicas are, so they are part of the placement.
-The bucket of a request is a Weyl sequence of (global token id, expert), so a token's choice does not
-depend on which other tokens are routed with it (micro-batches and whole batches agree).
+A token's bucket is a Weyl sequence of its global id (floor(frac(gid * golden ratio) * Q)), so its choice
+does not depend on which other tokens are routed with it (micro-batches and whole batches agree); each
+expert sees the buckets through its own fixed permutation, so one token's replicas are not correlated
+across experts. Replica shares are resolved to 1/Q.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ import numpy as np
 
 from moe.errors import SpecError
 
-BUCKETS = 1024
-"""Resolution of the replica shares (Q): shares are rounded to multiples of 1/BUCKETS."""
-_BUCKET_SHIFT = 32 - 10
+MAX_BUCKETS = 256
+"""Largest Q; smaller when the per-node tables (D x E x Q entries) would pass TABLE_ENTRIES."""
+TABLE_ENTRIES = 1 << 23
 _WEYL_TOKEN = np.uint32(0x9E3779B9)  # 2^32 / golden ratio: low-discrepancy over consecutive tokens
-_WEYL_EXPERT = np.uint32(0x7F4A7C15)
+_MULTI = -2  # table entry: several replicas on the source's node
 
 
-def request_bucket(gid, expert) -> np.ndarray:
-    """Bucket in [0, BUCKETS) of (global token id, expert) requests: floor(frac(gid*phi + e*c) * Q)."""
-    h = np.asarray(gid).astype(np.uint32) * _WEYL_TOKEN + np.asarray(expert).astype(np.uint32) * _WEYL_EXPERT
-    return (h >> np.uint32(_BUCKET_SHIFT)).astype(np.int32)
+def token_bucket(gid_N, buckets: int) -> np.ndarray:
+    """Bucket in [0, buckets) of each global token id (buckets a power of two)."""
+    h = np.asarray(gid_N).astype(np.uint32) * _WEYL_TOKEN
+    return (h >> np.uint32(32 - buckets.bit_length() + 1)).astype(np.int32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,62 +94,81 @@ class Placement:
 
     # --------------------------------------------------------------------------- replica choice
     @cached_property
-    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """near_EG: slot on the GPU itself, else the one replica on its node, -1 none on the node,
-        -2 several on the node; node_start_EN/node_count_EN index node_slots (slots grouped by
-        (expert, node)); remote_EQ: slot per bucket for requests from nodes without a replica."""
-        e_count, s_count, gpn, n_count = self.experts, self.slots_per_gpu, self.gpus_per_node, self.nodes
+    def buckets(self) -> int:
+        q = MAX_BUCKETS
+        while q > 16 and self.nodes * self.experts * q > TABLE_ENTRIES:
+            q //= 2
+        return q
+
+    @cached_property
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """table_DEQ: slot for (source node, expert, bucket): the node's one replica, a remote replica by
+        share, or _MULTI; node_start_DE/node_count_DE index node_slots (slots grouped by (node, expert))."""
+        e_count, s_count, gpn, n_count, q = (self.experts, self.slots_per_gpu, self.gpus_per_node, self.nodes,
+                                             self.buckets)
         x = self.expert_of_slot_X
         used = np.flatnonzero(x >= 0)
-        e_of, gpu_of = x[used], used // s_count
-        node_of = gpu_of // gpn
-        order = np.lexsort((used, node_of, e_of))
+        e_of, node_of = x[used], used // s_count // gpn
+        order = np.lexsort((used, e_of, node_of))
         node_slots = used[order].astype(np.int32)
-        key = e_of[order] * n_count + node_of[order]
-        node_count_EN = np.bincount(key, minlength=e_count * n_count).reshape(e_count, n_count)
-        node_start_EN = (np.cumsum(node_count_EN.ravel()) - node_count_EN.ravel()).reshape(e_count, n_count)
+        count_DE = np.bincount(node_of * e_count + e_of, minlength=n_count * e_count).reshape(n_count, e_count)
+        start_DE = (np.cumsum(count_DE.ravel()) - count_DE.ravel()).reshape(n_count, e_count)
 
-        near_EN = np.where(node_count_EN == 0, -1, -2).astype(np.int32)
-        one = node_count_EN == 1
-        near_EN[one] = node_slots[node_start_EN[one]]
-        near_EG = np.repeat(near_EN, gpn, axis=1)
-        near_EG[e_of, gpu_of] = used
-
-        remote_EQ = np.empty((e_count, BUCKETS), dtype=np.int32)
-        centers_Q = (np.arange(BUCKETS) + 0.5) / BUCKETS
+        remote_EQ = np.empty((e_count, q), dtype=np.int32)
+        centers_Q = (np.arange(q) + 0.5) / q
+        perm_EQ = np.random.default_rng(0x5EED).permuted(np.tile(np.arange(q), (e_count, 1)), axis=1)
+        by_expert = np.lexsort((used, e_of))
+        expert_slots = used[by_expert]
+        expert_start = np.searchsorted(e_of[by_expert], np.arange(e_count + 1))
         for e in range(e_count):
-            lo, hi = node_start_EN[e, 0], node_start_EN[e, -1] + node_count_EN[e, -1]
-            slots = node_slots[lo:hi]
-            c_R = node_count_EN[e, slots // s_count // gpn]
-            base_R = gpn / c_R
-            remote_units = (n_count - np.count_nonzero(node_count_EN[e])) * gpn
-            share_R = _water_fill(base_R, remote_units)
+            slots = expert_slots[expert_start[e]:expert_start[e + 1]]
+            c_R = count_DE[slots // s_count // gpn, e]
+            remote_units = (n_count - np.count_nonzero(count_DE[:, e])) * gpn
+            share_R = _water_fill(gpn / c_R, remote_units)
             cum_R = np.cumsum(share_R) / share_R.sum()
-            remote_EQ[e] = slots[np.minimum(np.searchsorted(cum_R, centers_Q, side="right"), len(slots) - 1)]
-        return near_EG, node_start_EN, node_count_EN, node_slots, remote_EQ
+            pick_Q = np.minimum(np.searchsorted(cum_R, centers_Q, side="right"), len(slots) - 1)
+            remote_EQ[e] = slots[pick_Q][perm_EQ[e]]
 
-    def choose_slots(self, expert_N: np.ndarray, src_N: np.ndarray, gid_N: np.ndarray) -> np.ndarray:
-        """Slot (int32) serving each (expert, source GPU, global token id) request, nearest replica
-        first (module docstring)."""
+        table_DEQ = np.broadcast_to(remote_EQ, (n_count, e_count, q)).copy()
+        one_D, one_E = np.nonzero(count_DE == 1)
+        table_DEQ[one_D, one_E, :] = node_slots[start_DE[one_D, one_E]][:, None]
+        multi_D, multi_E = np.nonzero(count_DE > 1)
+        table_DEQ[multi_D, multi_E, :] = _MULTI
+        return table_DEQ, start_DE, count_DE, node_slots
+
+    def choose_slots(self, expert_KN: np.ndarray, src_N: np.ndarray, gid_N: np.ndarray) -> np.ndarray:
+        """(K, N) slot (int32) serving each (choice, token) request of tokens with source GPUs src_N and
+        global ids gid_N, nearest replica first (module docstring)."""
         single = self.single_slot_E
         if single is not None:
-            return single[expert_N]
-        near_EG, node_start_EN, node_count_EN, node_slots, remote_EQ = self._tables
-        e = expert_N.astype(np.int32)
-        slot_N = near_EG.ravel()[e * self.gpus + src_N]
-        far = np.flatnonzero(slot_N < 0)
-        if len(far):
-            e_f, s_f = e[far], slot_N[far]
-            b_f = request_bucket(gid_N[far], e_f)
-            out = remote_EQ.ravel()[e_f * BUCKETS + b_f]
-            multi = np.flatnonzero(s_f == -2)
-            if len(multi):
-                node = src_N[far[multi]] // self.gpus_per_node
-                start = node_start_EN[e_f[multi], node]
-                count = node_count_EN[e_f[multi], node]
-                out[multi] = node_slots[start + b_f[multi] * count // BUCKETS]
-            slot_N[far] = out
-        return slot_N
+            return single[expert_KN]
+        table_DEQ, start_DE, count_DE, node_slots = self._tables
+        q = self.buckets
+        bucket_N = token_bucket(gid_N, q)
+        node_N = (src_N // self.gpus_per_node).astype(np.int32)
+        slot_KN = np.empty(expert_KN.shape, dtype=np.int32)
+        # one run of tokens per source node: its (E x Q) table stays in cache while the run is looked up
+        cuts = np.flatnonzero(np.diff(node_N)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(node_N)], strict=True):
+            flat = table_DEQ[node_N[lo]].ravel()
+            for j in range(expert_KN.shape[0]):
+                idx = expert_KN[j, lo:hi].astype(np.int32)
+                idx *= q
+                idx += bucket_N[lo:hi]
+                np.take(flat, idx, out=slot_KN[j, lo:hi], mode="clip")  # in range; clip avoids a buffer
+        multi_K, multi_N = np.nonzero(slot_KN == _MULTI) if (count_DE > 1).any() else ((), ())
+        if len(multi_N):
+            e = expert_KN[multi_K, multi_N].astype(np.int64)
+            src, node = src_N[multi_N], node_N[multi_N]
+            start, count = start_DE[node, e], count_DE[node, e]
+            # a replica on the source itself wins; else the node's replicas split by bucket
+            pick = node_slots[start + bucket_N[multi_N] * count // q]
+            for i in range(int(count.max())):
+                cand = node_slots[np.minimum(start + i, len(node_slots) - 1)]
+                local = (i < count) & (cand // self.slots_per_gpu == src)
+                pick = np.where(local, cand, pick)
+            slot_KN[multi_K, multi_N] = pick
+        return slot_KN
 
 
 def _water_fill(base_R: np.ndarray, units: float) -> np.ndarray:

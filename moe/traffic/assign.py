@@ -95,9 +95,7 @@ def assign(placement: Placement, ids_BTK, sources_B=None, tokens_T=None, tokens_
     expert_KN = expert_columns(ids_BTK)
     src_N = np.repeat(sources_B.astype(np.int32), t)
     gid_N = src_N.astype(np.int64) * tokens_per_gpu + np.tile(tokens_T.astype(np.int64), b)
-    slot_KN = np.empty(expert_KN.shape, dtype=np.int32)
-    for j in range(expert_KN.shape[0]):
-        slot_KN[j] = placement.choose_slots(expert_KN[j], src_N, gid_N)
+    slot_KN = placement.choose_slots(expert_KN, src_N, gid_N)
     dropped_KN = None
     if capacity_factor is not None:
         dropped_KN = capacity_drops(slot_KN, capacity_factor, int(placement.used_slots_G.sum()))
