@@ -40,25 +40,33 @@ class MPITransport(Transport):
         self.messages_posted = 0
 
     # ---------------------------------------------------------------------------- point to point
+    def _account(self, start: float) -> None:
+        if not self._waiting:
+            self.busy_s += MPI.Wtime() - start
+
     def isend(self, buf_B, dst, tag, meta=None) -> Pending:
-        # hand-off to MPI: buf_B is complete in host memory (see Transport.to_wire) and stays untouched
+        start = MPI.Wtime()
         self.messages_posted += 1
-        return Pending(self.comm.Isend(_mpi_buffer(buf_B), dst, tag), buf_B, dst, tag, meta)
+        # hand-off to MPI: buf_B is complete in host memory (see Transport.to_wire) and stays untouched
+        p = Pending(self.comm.Isend(_mpi_buffer(buf_B), dst, tag), buf_B, dst, tag, meta)
+        self._account(start)
+        return p
 
     def irecv(self, buf_B, src, tag, meta=None) -> Pending:
+        start = MPI.Wtime()
         # hand-off to MPI: buf_B is owned by MPI until this request completes
-        return Pending(self.comm.Irecv(_mpi_buffer(buf_B), src, tag), buf_B, src, tag, meta)
+        p = Pending(self.comm.Irecv(_mpi_buffer(buf_B), src, tag), buf_B, src, tag, meta)
+        self._account(start)
+        return p
 
     def test_some(self, pending: Sequence[Pending]) -> list[int]:
+        start = MPI.Wtime()
         live = [i for i, p in enumerate(pending) if not p.done]
-        if not live:
-            return []
-        done = MPI.Request.Testsome([pending[i].handle for i in live])
-        if not done:
-            return []
-        out = [live[j] for j in done]
+        done = MPI.Request.Testsome([pending[i].handle for i in live]) if live else None
+        out = [live[j] for j in done] if done else []
         for i in out:
             pending[i].done = True
+        self._account(start)
         return out
 
     # ------------------------------------------------------------------------------ collectives

@@ -29,8 +29,11 @@ class PhaseClock:
     record: bool = False
     t0: float = 0.0
     step: int = 0
+    moe_from: int = 0
+    """First MoE layer: spans of layers >= moe_from (and every wait) also count into `moe_totals_s`."""
     spans: list[Span] = field(default_factory=list)
     totals_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    moe_totals_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def start_step(self, step: int, record: bool) -> None:
         """Call right after the step's barrier: time zero of this rank for the step."""
@@ -54,5 +57,7 @@ class PhaseClock:
             return
         lane = "comm" if name in WAIT_PHASES else "compute"
         self.totals_s[name] += end - start
+        if lane == "comm" or layer >= self.moe_from:
+            self.moe_totals_s[name] += end - start
         self.spans.append(Span(self.rank, lane, name, start - self.t0, end - self.t0,
                                {"layer": layer, "micro_batch": micro_batch, "step": self.step}))

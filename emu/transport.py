@@ -98,6 +98,9 @@ class Transport(ABC):
     device: torch.device
     """Where buffers handed to this transport must live (host memory for MPI)."""
     name: str = "transport"
+    busy_s: float = 0.0
+    """Seconds spent inside the library's calls outside bounded waits (posting, testing)."""
+    _waiting: bool = False
 
     # ---------------------------------------------------------------------------- point to point
     @abstractmethod
@@ -116,30 +119,41 @@ class Transport(ABC):
     def wait_any(self, pending: Sequence[Pending], timeout_s: float, what: str) -> list[int]:
         """Block (bounded) until at least one operation completes; returns the indices that did."""
         if all(p.done for p in pending):
-            raise ValueError(f"wait_any on {what}: nothing is in flight")
-        return poll_until(lambda: self.test_some(pending) or None, timeout_s, what, self.rank)
+            raise ValueError(f"rank {self.rank}: wait_any on {what}: nothing is in flight")
+        self._waiting = True
+        try:
+            return poll_until(lambda: self.test_some(pending) or None, timeout_s, what, self.rank)
+        finally:
+            self._waiting = False
 
     def wait_all(self, pending: Sequence[Pending], timeout_s: float, what: str) -> None:
         """Block (bounded) until every operation has completed."""
         def test():
             self.test_some(pending)
             return True if all(p.done for p in pending) else None
-        poll_until(test, timeout_s, what, self.rank)
+        self._waiting = True
+        try:
+            poll_until(test, timeout_s, what, self.rank)
+        finally:
+            self._waiting = False
 
     # --------------------------------------------------------------------------------- counts
     def exchange_counts(self, send_RX: np.ndarray, key: int) -> CountsExchange:
         """Start sending row r of send_RX (int64) to rank r and receiving each rank's row for us;
         `key` identifies the (layer, micro-batch). Our own row is copied locally. Default: one small
         point-to-point message per peer (tags keep keys apart)."""
-        send_RX = np.ascontiguousarray(send_RX, dtype=np.int64)
-        recv_RX = np.zeros_like(send_RX)
+        r, x = send_RX.shape
+        send_flat = np.array(send_RX, dtype=np.int64).reshape(-1)  # 1-D, stride 1: rows are byte ranges
+        recv_flat = np.zeros(r * x, dtype=np.int64)
+        recv_RX = recv_flat.reshape(r, x)
         recv_RX[self.rank] = send_RX[self.rank]
-        ex = CountsExchange(key=key, send_RX=send_RX, recv_RX=recv_RX)
-        send_t, recv_t = torch.from_numpy(send_RX), torch.from_numpy(recv_RX)
+        ex = CountsExchange(key=key, send_RX=send_flat.reshape(r, x), recv_RX=recv_RX)
+        send_t, recv_t = torch.from_numpy(send_flat), torch.from_numpy(recv_flat)
         for peer in self.peers():
+            rows = slice(peer * x, (peer + 1) * x)
             # hand-off to the library: rows of the host arrays, kept alive by Pending until completion
-            ex.pending.append(self.irecv(recv_t[peer].view(torch.uint8), peer, key, meta="counts"))
-            ex.pending.append(self.isend(send_t[peer].view(torch.uint8), peer, key, meta="counts"))
+            ex.pending.append(self.irecv(recv_t[rows].view(torch.uint8), peer, key, meta="counts"))
+            ex.pending.append(self.isend(send_t[rows].view(torch.uint8), peer, key, meta="counts"))
         return ex
 
     def peers(self) -> list[int]:
