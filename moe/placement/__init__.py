@@ -15,20 +15,24 @@ from moe.placement.strategies import contiguous, one_per_gpu, random, replicate_
 from moe.placement.types import Placement, make_placement, token_bucket
 from moe.spec.schema import Scenario
 
+
+def topology_aware(scenario: Scenario, load: ExpectedLoad) -> Placement:
+    """moe.placement.topology_aware.topology_aware (imported on use: it needs moe.traffic)."""
+    from moe.placement.topology_aware import topology_aware as search
+
+    return search(scenario, load)
+
+
 STRATEGIES = {"one_per_gpu": one_per_gpu, "contiguous": contiguous, "random": random,
-              "replicate_hot": replicate_hot}
+              "replicate_hot": replicate_hot, "topology_aware": topology_aware}
 
 
 def place(scenario: Scenario, load: ExpectedLoad | None = None, strategy: str | None = None) -> Placement:
     """Placement of the scenario's strategy (or `strategy`) for the expected load (default: a sample of
     MoE layer 0, step 0)."""
-    strategy = strategy or scenario.placement.strategy
-    if strategy == "topology_aware":
-        from moe.placement.topology_aware import topology_aware as fn
-    else:
-        fn = STRATEGIES[strategy]
+    fn = STRATEGIES[strategy or scenario.placement.strategy]
     return fn(scenario, expected_load(scenario) if load is None else load)
 
 
 __all__ = ["STRATEGIES", "ExpectedLoad", "Placement", "contiguous", "expected_load", "load_from_ids",
-           "make_placement", "one_per_gpu", "place", "random", "replicate_hot", "token_bucket"]
+           "make_placement", "one_per_gpu", "place", "random", "replicate_hot", "token_bucket", "topology_aware"]

@@ -7,6 +7,8 @@ E logical experts, L links.
     t = compute_traffic(scenario, topo, placement, ids_BTK)                   # a whole layer
     t = compute_traffic(scenario, topo, placement, ids_BTK[:, a:b], tokens=np.arange(a, b))  # a micro-batch
 
+The most loaded link is the one busiest for longest (bytes / capacity); `max_link_bytes` is its bytes.
+
 Steps: `assign` picks each request's slot (nearest replica) and applies capacity drops; `batch_counts`
 counts distinct (token, GPU) and (token, node) pairs; `build_flows` turns the counts into dispatch and
 combine flows with their link routes (see moe.traffic.flows for direct and hierarchical paths).
@@ -105,9 +107,17 @@ class Traffic:
         """Bytes per link over dispatch and combine."""
         return self.dispatch.link_bytes_L + self.combine.link_bytes_L
 
+    @cached_property
+    def link_time_s_L(self) -> np.ndarray:
+        """Seconds each link is busy over dispatch and combine: bytes / capacity (no latency)."""
+        return self.link_bytes_L / self.topology.link_capacity_Bps
+
     @property
     def max_link_id(self) -> int:
-        return int(np.argmax(self.link_bytes_L))
+        """The most loaded link: the largest bytes / capacity. Links differ in capacity (NVLink, NIC, a
+        leaf's aggregate uplink serves gpus_per_leaf NICs), so raw bytes would rank an aggregate link
+        first; among links of one capacity this is the link with the most bytes."""
+        return int(np.argmax(self.link_time_s_L))
 
     @property
     def max_link(self) -> str:
@@ -115,7 +125,12 @@ class Traffic:
 
     @property
     def max_link_bytes(self) -> float:
+        """Bytes (dispatch + combine) on the most loaded link."""
         return float(self.link_bytes_L[self.max_link_id])
+
+    @property
+    def max_link_time_s(self) -> float:
+        return float(self.link_time_s_L[self.max_link_id])
 
     def _bytes_on(self, kinds: tuple[int, ...]) -> float:
         mask = np.isin(self.topology.link_kind, kinds)
@@ -134,6 +149,7 @@ class Traffic:
     def summary(self) -> dict:
         """Plain-data figures (JSON-able)."""
         return {"max_link_bytes": self.max_link_bytes, "max_link": self.max_link,
+                "max_link_time_s": self.max_link_time_s,
                 "inter_node_bytes": self.inter_node_bytes, "intra_node_bytes": self.intra_node_bytes,
                 "expert_load_imbalance": self.imbalance, "dropped_tokens": self.dropped,
                 "dispatch_flows": self.dispatch.count, "combine_flows": self.combine.count}
