@@ -60,7 +60,9 @@ class Block(torch.nn.Module):
     def attention(self, x_TD: torch.Tensor, cache: KVCache, positions_L: torch.Tensor | None = None,
                   absorbed: bool | None = None) -> torch.Tensor:
         """x + attention(attn_norm(x)) for T = B L new tokens (sequence-major) of the cache's B sequences.
-        positions_L: absolute positions of the L new tokens (default: right after the cached ones)."""
+        positions_L: rotary positions of the L new tokens (default: right after the cached ones); the
+        causal order is the cache's slot order. `absorbed` None: MLA's absorbed form when the cache
+        already held tokens (decode), the naive form otherwise."""
         b, t = cache.batch, x_TD.shape[0]
         if t % b:
             raise ValueError(f"{t} tokens do not split into the cache's {b} sequences")
