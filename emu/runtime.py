@@ -67,6 +67,9 @@ class RankRuntime:
         self.slots = plan.placement.slots_per_gpu
         self.expert_of_slot = plan.expert_of_slot(transport.rank)
         self.fault_armed = True
+        self.absorbed = None if scenario.workload.phase == "decode" else False
+        self.layer_outputs: dict[int, list] | None = None
+        """When a dict: layer -> hidden states after it, per micro-batch, of the last step (tests)."""
 
     # ------------------------------------------------------------------------------------ one step
     def step(self, x_TD: torch.Tensor, pattern: int, seed: int) -> tuple[torch.Tensor, StepStats]:
@@ -179,6 +182,8 @@ class RankRuntime:
         return False
 
     def _finish_layer(self, i: int, st: MBState) -> None:
+        if self.layer_outputs is not None:
+            self.layer_outputs.setdefault(st.layer, [None] * len(self.mbs))[i] = st.x_TD
         if st.layer >= self.cfg.dense_layers and self.fault_armed and i == len(self.mbs) - 1:
             self.fault_armed = False  # faults fire in the first MoE layer only
         st.layer += 1
@@ -207,7 +212,8 @@ class RankRuntime:
     def _layer_front(self, i: int, st: MBState, layer: int) -> None:
         block, mb = self.model.block(layer), self.lay.micro_batches[i]
         with self.clock.span("attention", layer, i):
-            x_TD = block.attention(st.x_TD, self.caches[mb.group][layer])
+            # prefill chunks keep the prefill form of MLA (the reference runs the whole prompt at once)
+            x_TD = block.attention(st.x_TD, self.caches[mb.group][layer], absorbed=self.absorbed)
         st.attention_done = layer
         if not block.is_moe:
             with self.clock.span("dense", layer, i):
