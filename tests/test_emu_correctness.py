@@ -39,7 +39,11 @@ BASE = {"name": "emu-check", "model": {"preset": "tiny"},
         "emu": {"warmup": 0, "repeats": 1, "timeout_s": 60.0}}
 
 
-def cases(ranks: int) -> list[tuple[str, list[str]]]:
+QUICK = ("replicate_hot+replicas", "layer-pipeline/chunks", "capacity/2-steps")
+"""The cases of the default (fast) multi-rank test: replicas, pipelined chunks, capacity drops."""
+
+
+def cases(ranks: int, quick: bool = False) -> list[tuple[str, list[str]]]:
     """(label, --set overrides) for a job of `ranks` ranks: every strategy that fits, and schedules."""
     nodes, gpn = (2, ranks // 2) if ranks >= 4 else (1, ranks)
     c = [f"cluster.nodes={nodes}", f"cluster.gpus_per_node={gpn}"]
@@ -68,7 +72,7 @@ def cases(ranks: int) -> list[tuple[str, list[str]]]:
             ("decode/gate", c + ["placement.strategy=contiguous", "workload.phase=decode",
                                  "workload.routing.distribution=gate", "workload.context_len=16",
                                  "schedule.micro_batches=2"])]
-    return out
+    return [c for c in out if c[0] in QUICK] if quick else out
 
 
 def check_case(comm, overrides: list[str]) -> dict:
@@ -141,10 +145,10 @@ def layer_errors(s, job, ref_model, pattern: int) -> float:
     return worst
 
 
-def check_cases(comm) -> list[str]:
+def check_cases(comm, quick: bool = False) -> list[str]:
     """Every case on this job; returns the failures (empty: all good), the same list on every rank."""
     failures = []
-    for label, overrides in cases(comm.Get_size()):
+    for label, overrides in cases(comm.Get_size(), quick):
         got = comm.allgather(check_case(comm, overrides))
         worst = max(g["max_err"] for g in got)
         frob = max(g["frob_err"] for g in got)
@@ -156,14 +160,15 @@ def check_cases(comm) -> list[str]:
                   f"traffic {'==' if all(g['traffic_ok'] for g in got) else '!='} moe.traffic  "
                   f"dropped {got[0]['dropped']}  {'ok' if ok else 'FAIL'}", flush=True)
         if not ok:
-            failures.append(f"{label}: layer err {layer:.3e}, frobenius err {frob:.3e}, max err {worst:.3e}, traffic ok "
-                            f"{[g['traffic_ok'] for g in got]}")
+            failures.append(f"{label}: layer err {layer:.3e}, frobenius err {frob:.3e}, max err {worst:.3e}, "
+                            f"traffic ok {[g['traffic_ok'] for g in got]}")
     return failures
 
 
-def run_under_mpiexec(ranks: int, timeout_s: float) -> subprocess.CompletedProcess:
+def run_under_mpiexec(ranks: int, timeout_s: float, quick: bool = False) -> subprocess.CompletedProcess:
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    return subprocess.run([str(mpiexec), "-n", str(ranks), sys.executable, __file__], cwd=ROOT,
+    cmd = [str(mpiexec), "-n", str(ranks), sys.executable, __file__] + (["--quick"] if quick else [])
+    return subprocess.run(cmd, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout_s,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -175,25 +180,25 @@ def test_one_rank_matches_reference():
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_ranks_match_reference(ranks):
-    proc = run_under_mpiexec(ranks, timeout_s=240)
+def test_two_ranks_match_reference_quick():
+    proc = run_under_mpiexec(2, timeout_s=120, quick=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count(" ok") == len(cases(ranks)), proc.stdout
+    assert proc.stdout.count(" ok") == len(cases(2, quick=True)), proc.stdout
 
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_sixteen_ranks_match_reference():
-    proc = run_under_mpiexec(16, timeout_s=600)
+@pytest.mark.parametrize("ranks", [2, 4, 16])
+def test_ranks_match_reference(ranks):
+    proc = run_under_mpiexec(ranks, timeout_s=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count(" ok") == len(cases(16)), proc.stdout
+    assert proc.stdout.count(" ok") == len(cases(ranks)), proc.stdout
 
 
 if __name__ == "__main__":  # one rank of `mpiexec -n N python tests/test_emu_correctness.py`
     from mpi4py import MPI
 
-    bad = check_cases(MPI.COMM_WORLD)
+    bad = check_cases(MPI.COMM_WORLD, quick="--quick" in sys.argv)
     if bad and MPI.COMM_WORLD.Get_rank() == 0:
         print("\n".join(bad), file=sys.stderr)
     sys.exit(1 if bad else 0)
