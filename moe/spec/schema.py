@@ -214,6 +214,9 @@ class SimOptions(Section):
     network: Literal["analytic", "flow"] = "flow"
     link_timeline: Flag = True
     """Record link utilisation over time (for heatmaps)."""
+    layer_samples: NonNegInt = 0
+    """MoE layers routed independently; the others reuse them round-robin. 0: one when every layer has the
+    same expert popularity (routing.layer_variation 0, no trace), else min(MoE layers, 8)."""
 
 
 class EmuOptions(Section):
