@@ -21,8 +21,11 @@ import numpy as np
 from moe.routing.rng import generator
 from moe.spec.schema import Scenario
 
-TABLE_BITS = 20
-"""Inverse-CDF tables have 2^20 entries: selection probabilities are resolved to about 1e-6."""
+
+def table_bits(experts: int) -> int:
+    """Inverse-CDF tables have 2^bits entries, bits = log2(E) + 10 within [16, 20]: probabilities are
+    resolved to 1/1024 of a uniform expert's (at least 2^-20), and the table stays small enough for cache."""
+    return int(min(20, max(16, np.ceil(np.log2(max(experts, 2))) + 10)))
 
 _STREAM_RANK, _STREAM_LAYER, _STREAM_DRIFT, _STREAM_CLUSTER = 11, 12, 13, 14
 
@@ -71,7 +74,7 @@ def clusters(seed: int, experts: int, size: int) -> np.ndarray:
     return out.reshape(c, size)
 
 
-def inverse_cdf_table(p: np.ndarray, bits: int = TABLE_BITS) -> np.ndarray:
+def inverse_cdf_table(p: np.ndarray, bits: int) -> np.ndarray:
     """Table of 2^bits outcome ids: entry u holds the outcome whose CDF interval contains (u + 0.5)/2^bits,
     so a uniform table index samples outcome i with probability p_i (rounded to 2^-bits)."""
     size = 1 << bits

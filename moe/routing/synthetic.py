@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moe.routing.popularity import TABLE_BITS, inverse_cdf_table, probabilities
+from moe.routing.popularity import inverse_cdf_table, probabilities, table_bits
 from moe.routing.rng import draw, hash32
 
 MAX_REDRAWS = 8
@@ -51,23 +51,19 @@ def _gumbel_fill(logw_E, ids_KN, j, rows, state_N):
     ids_KN[j, rows] = np.argmax(key_RE, axis=1)
 
 
-def sample_ids(logw_E: np.ndarray, top_k: int, state_N: np.ndarray, clusters_CS: np.ndarray | None = None,
-               coactivation: float = 0.0) -> np.ndarray:
-    """(K, N) expert ids for N tokens with hash states state_N (moe.routing.rng.token_state)."""
-    n, e = len(state_N), len(logw_E)
-    p_E = probabilities(logw_E)
-    table_U = inverse_cdf_table(p_E)
-    shift = np.uint32(32 - TABLE_BITS)
-    ids_KN = np.full((top_k, n), -1, dtype=id_dtype(e))
+BLOCK_TOKENS = 32768
+"""Tokens sampled together: a block's working arrays stay in cache."""
+
+
+def _sample_block(ids_KN, state_N, table_U, shift, logw_E, cluster_U, members_CS, coactivation):
+    """Fill ids_KN (K, n) in place for tokens with hash states state_N."""
+    top_k = ids_KN.shape[0]
     coact = None
-    if coactivation > 0 and clusters_CS is not None:
+    if cluster_U is not None:
         threshold = np.uint32(min(int(coactivation * 2.0**32), 2**32 - 1))
         coact = np.flatnonzero(draw(state_N, _COUNTER_COACT) < threshold)
-        members = clusters_CS[:, :top_k]
-        weight_C = np.where(members >= 0, p_E[np.maximum(members, 0)], 0.0).sum(axis=1)
-        cluster_U = inverse_cdf_table(weight_C, bits=16)
         pick = cluster_U[draw(state_N[coact], _COUNTER_CLUSTER) >> np.uint32(16)]
-        ids_KN[:members.shape[1], coact] = members[pick].T
+        ids_KN[:members_CS.shape[1], coact] = members_CS[pick].T
     for j in range(top_k):
         rows = None if coact is None or len(coact) == 0 else np.flatnonzero(ids_KN[j] < 0)
         for attempt in range(MAX_REDRAWS):
@@ -84,4 +80,25 @@ def sample_ids(logw_E: np.ndarray, top_k: int, state_N: np.ndarray, clusters_CS:
                 break
         else:
             _gumbel_fill(logw_E, ids_KN, j, rows, state_N)
+
+
+def sample_ids(logw_E: np.ndarray, top_k: int, state_N: np.ndarray, clusters_CS: np.ndarray | None = None,
+               coactivation: float = 0.0) -> np.ndarray:
+    """(K, N) expert ids for N tokens with hash states state_N (moe.routing.rng.token_state)."""
+    n, e = len(state_N), len(logw_E)
+    p_E = probabilities(logw_E)
+    bits = table_bits(e)
+    table_U = inverse_cdf_table(p_E, bits)
+    shift = np.uint32(32 - bits)
+    cluster_U = members_CS = None
+    if coactivation > 0 and clusters_CS is not None:
+        members_CS = clusters_CS[:, :top_k]
+        weight_C = np.where(members_CS >= 0, p_E[np.maximum(members_CS, 0)], 0.0).sum(axis=1)
+        cluster_U = inverse_cdf_table(weight_C, bits=16)
+    ids_KN = np.empty((top_k, n), dtype=id_dtype(e))
+    for lo in range(0, n, BLOCK_TOKENS):
+        hi = min(n, lo + BLOCK_TOKENS)
+        block_KN = np.full((top_k, hi - lo), -1, dtype=ids_KN.dtype)
+        _sample_block(block_KN, state_N[lo:hi], table_U, shift, logw_E, cluster_U, members_CS, coactivation)
+        ids_KN[:, lo:hi] = block_KN
     return ids_KN

@@ -35,7 +35,7 @@ class Assignment:
     expert_KN: np.ndarray
     """Chosen logical expert of each (choice, token)."""
     slot_KN: np.ndarray
-    """Slot serving it (int32), nearest replica first."""
+    """Slot serving it (int16 or int32, Placement.slot_dtype), nearest replica first."""
     dropped_KN: np.ndarray | None
     """True where capacity dropped the request; None when no capacity limit applies."""
 

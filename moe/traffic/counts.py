@@ -15,10 +15,6 @@ import numpy as np
 from moe.traffic.assign import Assignment
 
 
-def _small(max_value: int):
-    return np.int16 if max_value < 2**15 else np.int32
-
-
 def first_occurrence(col_KN: np.ndarray) -> np.ndarray:
     """Mask (K, N): True where column j's value differs from every earlier column of the same token and
     is not negative (negative marks a dropped request)."""
@@ -31,26 +27,19 @@ def first_occurrence(col_KN: np.ndarray) -> np.ndarray:
     return first_KN
 
 
-def _pair_counts(target_KN: np.ndarray, first_KN: np.ndarray | None, src_N: np.ndarray, targets: int,
-                 gpus: int) -> np.ndarray:
-    """(G, targets) counts per (source GPU, target) of the requests marked in first_KN (None: all)."""
-    key_dtype = np.int32 if gpus * targets < 2**31 else np.int64
-    base_N = src_N.astype(key_dtype) * targets
-    counts = np.zeros(gpus * targets, dtype=np.int64)
-    keys = np.empty(len(src_N), dtype=key_dtype)
-    for j in range(target_KN.shape[0]):
-        np.add(base_N, target_KN[j], out=keys)
-        counts += np.bincount(keys if first_KN is None else keys[first_KN[j]], minlength=gpus * targets)
-    return counts.reshape(gpus, targets)
+BLOCK_REQUESTS = 1 << 17
+"""Requests counted together (whole sources): a block's working arrays stay in cache."""
 
 
-def _divide(x_KN: np.ndarray, d: int, dtype) -> np.ndarray:
-    """x // d for non-negative x (a shift when d is a power of two), -1 kept as -1."""
+def _count(keys_KN: np.ndarray, first_KN: np.ndarray | None, bins: int) -> np.ndarray:
+    return np.bincount(keys_KN.ravel() if first_KN is None else keys_KN[first_KN], minlength=bins)
+
+
+def _shift_or_divide(x, d: int):
+    """x // d for x >= -1 (a shift when d is a power of two; -1 stays -1)."""
     if d == 1:
-        return x_KN.astype(dtype, copy=False)
-    if d & (d - 1) == 0:
-        return (x_KN >> (d.bit_length() - 1)).astype(dtype, copy=False)  # arithmetic shift keeps -1
-    return np.floor_divide(x_KN, d).astype(dtype, copy=False)
+        return x
+    return x >> (d.bit_length() - 1) if d & (d - 1) == 0 else np.floor_divide(x, d)
 
 
 def batch_counts(a: Assignment, gpus: int, gpus_per_node: int, need_nodes: bool):
@@ -60,30 +49,37 @@ def batch_counts(a: Assignment, gpus: int, gpus_per_node: int, need_nodes: bool)
     node_tokens_GD[s, n]: distinct tokens of source s with at least one expert on node n.
     slot_requests_X[x]: (token, expert) requests slot x computes (dropped ones excluded).
     With one slot per GPU a token's distinct experts are on distinct GPUs, so no GPU-level duplicate
-    search is needed and slot loads are the column sums of pair_tokens_GG.
+    search is needed and slot loads are the column sums of pair_tokens_GG. Sources are counted in blocks
+    of whole sources, so the histograms and temporaries of a block stay in cache.
     """
-    s_count = a.slots_per_gpu
-    src_N = np.repeat(a.sources_B.astype(np.int32), len(a.tokens_T))
-    gpu_KN = _divide(a.slot_KN, s_count, _small(gpus))
-    if a.dropped_KN is not None:
-        gpu_KN = np.where(a.dropped_KN, -1, gpu_KN).astype(gpu_KN.dtype)
-    if s_count == 1:
-        first_KN = None if a.dropped_KN is None else ~a.dropped_KN
-    else:
-        first_KN = first_occurrence(gpu_KN)
-    pair_GG = _pair_counts(gpu_KN, first_KN, src_N, gpus, gpus)
-
-    node_GD = None
-    if need_nodes:
-        nodes = gpus // gpus_per_node
-        node_KN = _divide(gpu_KN, gpus_per_node, _small(nodes))
-        node_GD = _pair_counts(node_KN, first_occurrence(node_KN), src_N, nodes, gpus)
-
+    k, _ = a.slot_KN.shape
+    s_count, t = a.slots_per_gpu, len(a.tokens_T)
+    nodes = gpus // gpus_per_node
+    b = len(a.sources_B)
+    per_block = max(1, BLOCK_REQUESTS // max(1, k * t))
+    pair_GG = np.zeros((gpus, gpus), dtype=np.int64)
+    node_GD = np.zeros((gpus, nodes), dtype=np.int64) if need_nodes else None
+    slot_X = np.zeros(gpus * s_count, dtype=np.int64)
+    for lo in range(0, b, per_block):
+        hi = min(b, lo + per_block)
+        cols = slice(lo * t, hi * t)
+        local_N = np.repeat(np.arange(hi - lo, dtype=np.int32), t)
+        slot_KN = a.slot_KN[:, cols]
+        gpu_KN = _shift_or_divide(slot_KN, s_count)
+        kept_KN = None
+        if a.dropped_KN is not None:
+            kept_KN = ~a.dropped_KN[:, cols]
+            gpu_KN = np.where(kept_KN, gpu_KN, -1)
+        first_KN = kept_KN if s_count == 1 else first_occurrence(gpu_KN)
+        counts = _count(local_N * gpus + gpu_KN, first_KN, (hi - lo) * gpus).reshape(hi - lo, gpus)
+        src = a.sources_B[lo:hi]
+        pair_GG[src] += counts
+        if need_nodes:
+            node_KN = _shift_or_divide(gpu_KN, gpus_per_node)
+            node_GD[src] += _count(local_N * nodes + node_KN, first_occurrence(node_KN),
+                                   (hi - lo) * nodes).reshape(hi - lo, nodes)
+        if s_count > 1:
+            slot_X += _count(slot_KN, kept_KN, gpus * s_count)
     if s_count == 1:
         slot_X = pair_GG.sum(axis=0)
-    else:
-        slot_X = np.zeros(gpus * s_count, dtype=np.int64)
-        for j in range(a.slot_KN.shape[0]):
-            col = a.slot_KN[j] if a.dropped_KN is None else a.slot_KN[j][~a.dropped_KN[j]]
-            slot_X += np.bincount(col, minlength=gpus * s_count)
     return pair_GG, node_GD, slot_X
