@@ -17,6 +17,15 @@ from moe.model import fp8
 from moe.spec import sizes
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _bound_ok(x: torch.Tensor, back: torch.Tensor, scale_full: torch.Tensor) -> bool:
     return bool(((back - x).abs() <= 2.0 ** -4 * x.abs() + 2.0 ** -10 * scale_full + 1e-30).all())
 
@@ -25,7 +34,7 @@ def test_fp8_max_is_the_e4m3_largest_finite_value():
     assert fp8.FP8_E4M3_MAX == torch.finfo(torch.float8_e4m3fn).max == 448.0
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 9), cols=st.integers(1, 300), log_mag=st.floats(-12, 12), seed=st.integers(0, 2**31))
 def test_activation_roundtrip_within_one_e4m3_rounding(rows, cols, log_mag, seed):
     gen = torch.Generator().manual_seed(seed)

@@ -16,6 +16,16 @@ from moe.model.ffn import SwiGLUBank
 from moe.model.layer import Block
 from moe.spec import load_scenario
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 M32 = 0xFFFFFFFF
 
 
@@ -102,8 +112,8 @@ def test_tiny_model_builds_fast():
 
     m = tiny()
     build_model(m, 0)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time on one thread: the cost, whatever else runs on the machine
     model = build_model(m, 1)
-    elapsed = time.perf_counter() - t0
-    print(f"tiny model build: {elapsed * 1e3:.0f} ms")
-    assert elapsed < 2.0 and len(model.blocks) == m.layers
+    elapsed = time.process_time() - t0
+    print(f"tiny model build: {elapsed * 1e3:.0f} ms CPU time")
+    assert elapsed < 1.0 and len(model.blocks) == m.layers

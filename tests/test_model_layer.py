@@ -20,6 +20,15 @@ from moe.model.model import build_layer, build_model, hidden_states
 from moe.spec import load_scenario, sizes
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def model(preset="tiny", **over):
     return load_scenario({"model": {"preset": preset, **over}, "cluster": {"nodes": 32, "gpus_per_node": 8}},
                          check=False).model
@@ -30,27 +39,22 @@ def _rel(a, b) -> float:
 
 
 def test_tiny_forward_step_takes_milliseconds_on_the_cpu():
-    """One thread: on a shared 2-core box, two OpenMP threads that find a core busy spin and slow a small
-    forward step down 10x (measured: best 18 ms on one thread; median 280 ms on two under load)."""
+    """CPU time of the process on one thread (the autouse fixture): what the step costs, independent of
+    other processes sharing the cores. Wall time on an idle 2-core dev box is the same, ~18 ms."""
     m = model()
     net = build_model(m, 0)
     x = hidden_states(m, 64, 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        net(x, net.new_caches(2, 32))  # warm-up: first calls keep each weight's float32 copy
-        times = []
-        for _ in range(5):
-            caches = net.new_caches(2, 32)
-            t0 = time.perf_counter()
-            y = net(x, caches)
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
-    print(f"tiny forward, 64 tokens, {m.layers} layers, 1 thread: median {statistics.median(times) * 1e3:.1f} ms, "
-          f"best {min(times) * 1e3:.1f} ms")
+    net(x, net.new_caches(2, 32))  # warm-up: first calls keep each weight's float32 copy
+    times = []
+    for _ in range(5):
+        caches = net.new_caches(2, 32)
+        t0 = time.process_time()
+        y = net(x, caches)
+        times.append(time.process_time() - t0)
+    print(f"tiny forward, 64 tokens, {m.layers} layers, 1 thread: median {statistics.median(times) * 1e3:.1f} ms "
+          "CPU time")
     assert y.shape == x.shape and y.dtype == torch.bfloat16 and torch.isfinite(y).all()
-    assert min(times) < 0.1  # ~18 ms on the 2-core dev box
+    assert statistics.median(times) < 0.1
 
 
 def _distributed_layer(m, layer, ranks, tokens, seq, wire):

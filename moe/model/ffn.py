@@ -5,7 +5,7 @@ Shape letters: R rows (tokens given to one MLP), D hidden, F inner width, N numb
 y = w2( silu(w1 x) * (w3 x) ). w1 and w3 are quantized as two matrices (their own 128 x 128 block grids,
 as `moe.spec.sizes` counts them) and stored one above the other, so when F is a multiple of 128 the pair
 is one GEMM with 2F outputs; otherwise they run as two GEMMs. The product silu(w1 x) * (w3 x) is formed in
-float32 and quantized per token per 128 channels for w2 (FP8), or rounded to bf16 (BF16 weights).
+the GEMM's bf16 output and quantized per token per 128 channels for w2 (FP8 weights).
 
 A bank holds the MLPs of a list of ids (a rank's local experts), built in groups so the float32
 temporaries of a group stay under BUILD_BYTES; MLP `id`'s weights depend only on (seed, layer, piece, id).
@@ -28,8 +28,10 @@ BUILD_BYTES = 1 << 31
 
 
 def swiglu_quant(h_R2F: torch.Tensor) -> Fp8Act:
-    """silu(h[:, :F]) * h[:, F:] in float32, quantized per token per 128 channels (the input of w2)."""
-    a, b = h_R2F.float().chunk(2, dim=-1)
+    """silu(h[:, :F]) * h[:, F:] in h's dtype (bf16 from the GEMM, as DeepSeek-V3's inference code), then
+    quantized per token per 128 channels: the input of w2. The bf16 rounding (2^-9) is far below the
+    e4m3 rounding that follows (2^-4)."""
+    a, b = h_R2F.chunk(2, dim=-1)
     return quantize_act(F.silu(a) * b)
 
 
@@ -108,7 +110,7 @@ class SwiGLUBank(torch.nn.Module):
         if self.dtype_name != "fp8":
             xb = dequantize_act(x, torch.bfloat16) if isinstance(x, Fp8Act) else x.to(torch.bfloat16)
             a, b = (xb @ self.w13[i].t()).chunk(2, dim=-1)
-            return ((F.silu(a.float()) * b.float()).to(torch.bfloat16) @ self.w2[i].t()).to(out_dtype)
+            return ((F.silu(a) * b) @ self.w2[i].t()).to(out_dtype)
         xa = x if isinstance(x, Fp8Act) else quantize_act(x)
         h = torch.cat([fp8_linear(xa, w, torch.bfloat16, path) for w in self.fp8_w13[i]], dim=-1) \
             if not self.fused else fp8_linear(xa, self.fp8_w13[i][0], torch.bfloat16, path)

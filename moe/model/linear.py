@@ -104,7 +104,11 @@ def gemm_path(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return "dequant"
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_path(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_path(index: int) -> str:
     if torch.cuda.get_device_capability(index) < (8, 9):
         return "dequant"
     for path in ("blockwise", "rowwise"):
