@@ -64,6 +64,10 @@ def check_placement(s: Scenario) -> None:
     if p.replicas and p.strategy in ("contiguous", "random"):
         raise SpecError("placement.replicas", p.replicas,
                         f"strategy {p.strategy} places no replicas; use replicate_hot or topology_aware")
+    if p.replicas > experts * (gpus - 1):
+        raise SpecError("placement.replicas", p.replicas,
+                        f"at most one copy of an expert per GPU: {experts} experts x {gpus} GPUs allow "
+                        f"{experts * (gpus - 1)} replicas")
 
 
 def check_memory(s: Scenario) -> None:
