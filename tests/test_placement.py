@@ -109,6 +109,16 @@ def test_replicas_that_do_not_fit_are_rejected_with_their_key():
         place(_scenario(experts=32, placement={"strategy": "contiguous"}), strategy="one_per_gpu")
 
 
+def test_replicas_beyond_one_copy_per_gpu_are_rejected():
+    with pytest.raises(SpecError, match=r"placement\.replicas=300: at most one copy"):
+        _scenario(experts=16, placement={"strategy": "replicate_hot", "replicas": 300})
+    # groups on nodes: a node of 4 GPUs holds at most 4 copies of each of its group's 4 experts
+    s = _scenario(experts=16, placement={"strategy": "replicate_hot", "replicas": 60, "slots_per_gpu": 8},
+                  groups=4, topk_groups=1)
+    with pytest.raises(SpecError, match=r"placement\.replicas=60: the expert groups' nodes hold at most 48"):
+        place(s)
+
+
 def test_make_placement_validates_the_table():
     with pytest.raises(SpecError, match="expert 2 has no slot"):
         make_placement("x", [[0], [1]], 3, 1)

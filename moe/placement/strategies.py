@@ -102,7 +102,12 @@ def replicate_hot(s: Scenario, load: ExpectedLoad) -> Placement:
     domains = _domains(s, load_E)
     # the replicas are shared out over domains in proportion to their load, never beyond their slots
     dom_load = np.array([load_E[ex].sum() for ex, _ in domains])
-    room = np.array([len(gp) * slots - len(ex) for ex, gp in domains])
+    # room: free slots of the domain, and at most one copy of an expert per GPU
+    room = np.array([min(len(gp) * slots, len(ex) * len(gp)) - len(ex) for ex, gp in domains])
+    if room.sum() < replicas:
+        raise SpecError("placement.replicas", replicas,
+                        f"the expert groups' nodes hold at most {int(room.sum())} replicas (one copy of an "
+                        "expert per GPU)")
     share = np.minimum(np.floor(replicas * dom_load / max(dom_load.sum(), 1e-12)).astype(int), room)
     while share.sum() < replicas:
         free = np.flatnonzero(share < room)

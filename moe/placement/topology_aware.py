@@ -8,7 +8,8 @@ and co-activation between experts are in it) is pushed through the real traffic 
 link time, bytes / capacity over dispatch and combine (equal to the largest bytes among links of equal
 capacity), then the sum of squared link times to break ties.
 
-Search: the best of the contiguous, random and replicate_hot placements (evaluated on the same sample)
+Search: the best of the contiguous, random, replicate_hot and (when its G - E replicas fit
+placement.replicas) one_per_gpu placements, evaluated on the same sample,
 starts a seeded local search. Each move takes a slot of a GPU behind the most loaded link (the link's GPU;
 for NIC links under hierarchical paths and for leaf links, every GPU of the nodes behind it) and swaps it
 with a slot of another GPU elsewhere, or, with replicas, turns one of its replicas into a replica of the
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from moe.placement.load import ExpectedLoad
-from moe.placement.strategies import contiguous, random, replicate_hot
+from moe.placement.strategies import contiguous, one_per_gpu, random, replicate_hot
 from moe.placement.types import Placement, make_placement
 from moe.routing.rng import generator
 from moe.spec import sizes
@@ -113,6 +114,9 @@ def topology_aware(s: Scenario, load: ExpectedLoad) -> Placement:
     scorer = _Scorer(s, load, topo)
     slots = sizes.slots_per_gpu(s)
     starts = [contiguous(s, load), random(s, load), replicate_hot(s, load)]
+    e, g = s.model.experts, s.cluster.gpus
+    if e <= g and g - e <= s.placement.replicas:  # one_per_gpu fits the replica budget
+        starts.append(one_per_gpu(s, load))
     scored = []
     for p in starts:
         t = scorer.link_time(p.slot_expert_GS)
