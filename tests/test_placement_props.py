@@ -21,7 +21,8 @@ def skewed(draw):
     spec = small_spec(
         model={"experts": experts, "top_k": draw(st.integers(1, min(4, experts))), "groups": 1, "topk_groups": 1},
         cluster={"nodes": nodes, "gpus_per_node": gpn, "gpus_per_leaf": draw(st.sampled_from([1, 32]))},
-        placement={"strategy": "topology_aware", "replicas": draw(st.integers(0, 8)), "search_iters": 20},
+        placement={"strategy": "topology_aware", "replicas": draw(st.integers(0, min(8, experts * (nodes * gpn - 1)))),
+                   "search_iters": 20},
         workload={"tokens_per_gpu": draw(st.integers(4, 48)),
                   "routing": {"distribution": "zipf", "skew": draw(st.floats(0.8, 2.0)),
                               "coactivation": draw(st.sampled_from([0.0, 0.3, 0.7])),

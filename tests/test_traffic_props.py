@@ -23,7 +23,8 @@ def scenarios(draw):
     strategy = draw(st.sampled_from(["contiguous", "random", "replicate_hot", "topology_aware", "one_per_gpu"]))
     if strategy == "one_per_gpu" and experts > nodes * gpn:
         strategy = "replicate_hot"
-    replicas = draw(st.integers(0, 6)) if strategy in ("replicate_hot", "topology_aware") else 0
+    replicas = draw(st.integers(0, min(6, experts * (nodes * gpn - 1)))) if strategy in (
+        "replicate_hot", "topology_aware") else 0
     capacity = draw(st.sampled_from([None, 0.6, 1.0, 1.5]))
     spec = small_spec(
         model={"experts": experts, "top_k": draw(st.integers(1, min(4, experts))), "groups": 1, "topk_groups": 1},
