@@ -1,0 +1,188 @@
+"""The SimPy executor: one forward step of every GPU, with compute streams, comm engines and collectives.
+
+Each GPU has a compute stream and a communication engine; each micro-batch of each GPU is a SimPy process
+that walks the layers. Streams execute work in the order it is issued (CUDA semantics): issuing reserves
+the stream from max(ready, stream free) for the op's duration, so an op issued later waits behind it. With
+`schedule.overlap: false` the communication runs on the compute stream (nothing overlaps).
+
+Per layer and micro-batch:
+  attention (+ its TP collectives) and, in MoE layers, the gate -> dispatch (a collective over every GPU:
+  it starts when the last GPU joins and every comm engine is free, then each GPU's part takes its solved
+  offset, sim.network) -> the shared expert (issued at once, it overlaps the dispatch) -> the routed
+  experts, grouped kernels that each take the arrival chunks landed by their start -> combine (collective) ->
+  the next layer's attention, issued when the combine starts: on the whole batch once it has all arrived,
+  or with `schedule.layer_pipeline` chunk by chunk as the results land. Dense layers run attention and the
+  dense FFN. Micro-batches are separate processes, so while one communicates another computes.
+
+SimPy events per GPU per layer and micro-batch: about four (compute block, dispatch start, expert end,
+combine start), never one per flow or token. Everything that happens is appended to a `StepRecord`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from sim.costs import LayerCosts
+from sim.events import CollectiveRecord, Op, StepRecord
+from sim.network import PhaseTiming
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Everything the executor needs, precomputed: per-micro-batch costs and solved phases per pattern."""
+
+    gpus: int
+    micro_batches: int
+    moe_layer_pattern: tuple[int, ...]
+    """Per layer: -1 for a dense layer, else the traffic pattern its MoE part carries."""
+    costs: LayerCosts
+    dispatch: tuple[PhaseTiming, ...]
+    combine: tuple[PhaseTiming, ...]
+    expert_GCC1: tuple[np.ndarray, ...]
+    """Per pattern: seconds of routed-expert work of one micro-batch per GPU when arrival chunks i..j-1
+    run as one grouped kernel ([g, i, j])."""
+    overlap: bool
+    layer_pipeline: bool
+
+
+class _Pending:
+    __slots__ = ("count", "last_join", "event")
+
+    def __init__(self, env: simpy.Environment):
+        self.count = 0
+        self.last_join = 0.0
+        self.event = env.event()
+
+
+class Executor:
+    def __init__(self, plan: StepPlan):
+        self.plan = plan
+        self.env = simpy.Environment()
+        self.record = StepRecord()
+        g = plan.gpus
+        self.free = [0.0] * (2 * g)  # stream free times: compute 2g, comm 2g + 1 (or 2g without overlap)
+        self.comm_offset = 1 if plan.overlap else 0
+        self.pending: dict[tuple[int, int, int], _Pending] = {}
+        self.gpu_end = [0.0] * g
+
+    # ------------------------------------------------------------------------------------- helpers
+    def _issue(self, g: int, ready: float, layer: int, mb: int, parts: list[tuple[Op, float]]) -> float:
+        """Reserve the compute stream for consecutive ops from `ready`; log them; return the end."""
+        t = max(ready, self.free[2 * g])
+        log = self.record.spans
+        for op, dur in parts:
+            if dur > 0:
+                log.add(g, layer, mb, op, t, t + dur)
+                t += dur
+        self.free[2 * g] = t
+        return t
+
+    def _issue_chunks(self, g: int, ready_C, dur_C, layer: int, mb: int, op: Op, tail: list[tuple[Op, float]]) -> float:
+        """A persistent block on the compute stream: chunk c starts when it has arrived and the previous
+        chunk is done; `tail` ops follow. Returns the end."""
+        t = self.free[2 * g]
+        log = self.record.spans
+        for ready, dur in zip(ready_C, dur_C, strict=True):
+            t = max(t, ready)
+            if dur > 0:
+                log.add(g, layer, mb, op, t, t + dur)
+                t += dur
+        for top, dur in tail:
+            if dur > 0:
+                log.add(g, layer, mb, top, t, t + dur)
+                t += dur
+        self.free[2 * g] = t
+        return t
+
+    def _issue_runs(self, g: int, ready_C, runs, layer: int, mb: int, op: Op) -> float:
+        """Like `_issue_chunks`, but every kernel takes all the chunks that have landed when it starts
+        (runs[i][j]: seconds for chunks i..j-1 as one kernel)."""
+        t = self.free[2 * g]
+        log = self.record.spans
+        i, n = 0, len(ready_C)
+        while i < n:
+            t = max(t, ready_C[i])
+            j = i + 1
+            while j < n and ready_C[j] <= t:
+                j += 1
+            dur = runs[i][j]
+            if dur > 0:
+                log.add(g, layer, mb, op, t, t + dur)
+                t += dur
+            i = j
+        self.free[2 * g] = t
+        return t
+
+    def _join(self, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming, now: float) -> simpy.Event:
+        """Register GPU readiness for a collective; the last join starts it for everyone."""
+        key = (layer, mb, int(op))
+        p = self.pending.get(key)
+        if p is None:
+            p = self.pending[key] = _Pending(self.env)
+        p.count += 1
+        p.last_join = max(p.last_join, now)
+        if p.count == self.plan.gpus:
+            del self.pending[key]
+            free, off = self.free, self.comm_offset
+            engines_free = max(free[off::2])
+            start = max(p.last_join, engines_free) + timing.sync_s
+            done = (start + timing.done_G).tolist()
+            free[off::2] = done
+            self.record.collectives.append(CollectiveRecord(layer=layer, mb=mb, op=op, pattern=pattern,
+                                                            last_join_s=p.last_join, start_s=start))
+            p.event.succeed(start)
+        return p.event
+
+    # ------------------------------------------------------------------------------------- process
+    def _micro_batch(self, g: int, mb: int):
+        env, plan, c = self.env, self.plan, self.plan.costs
+        pre = [(Op.ATTENTION, c.attention_s), (Op.ATTENTION_TP, c.attention_tp_comm_s)]
+        ready_C = None  # arrivals of the previous combine (absolute times), None before the first layer
+        share_C = [1.0]  # token share of each arrival
+        for layer, pattern in enumerate(plan.moe_layer_pattern):
+            post = [(Op.DENSE_FFN, c.dense_ffn_s), (Op.ATTENTION_TP, c.attention_tp_comm_s)] if pattern < 0 \
+                else [(Op.GATE, c.gate_s)]
+            if ready_C is None:
+                end = self._issue(g, env.now, layer, mb, pre + post)
+            elif plan.layer_pipeline:
+                end = self._issue_chunks(g, ready_C, [c.attention_s * s for s in share_C], layer, mb, Op.ATTENTION,
+                                         [(Op.ATTENTION_TP, c.attention_tp_comm_s)] + post)
+            else:
+                end = self._issue(g, ready_C[-1], layer, mb, pre + post)
+            yield env.timeout(end - env.now)
+            if pattern < 0:
+                ready_C, share_C = [end], [1.0]
+                continue
+            dispatch = plan.dispatch[pattern]
+            ev = self._join(layer, mb, Op.DISPATCH, pattern, dispatch, env.now)
+            self._issue(g, env.now, layer, mb, [(Op.SHARED_EXPERT, c.shared_expert_s)])
+            start = yield ev
+            arrive = (start + dispatch.arrive_GC[g]).tolist()
+            end = self._issue_runs(g, arrive, plan.expert_GCC1[pattern][g].tolist(), layer, mb, Op.EXPERT)
+            yield env.timeout(max(end - env.now, 0.0))
+            combine = plan.combine[pattern]
+            start = yield self._join(layer, mb, Op.COMBINE, pattern, combine, env.now)
+            ready_C = (start + combine.arrive_GC[g]).tolist()
+            share_C = combine.share_GC[g].tolist() if combine.share_GC[g].sum() > 0 \
+                else [1.0 / len(ready_C)] * len(ready_C)
+        last = max(ready_C[-1], self.free[2 * g], self.free[2 * g + self.comm_offset])
+        self.gpu_end[g] = max(self.gpu_end[g], last)
+
+    def run(self) -> StepRecord:
+        plan = self.plan
+        for g in range(plan.gpus):
+            for mb in range(plan.micro_batches):
+                self.env.process(self._micro_batch(g, mb))
+        self.env.run()
+        if self.pending:  # every GPU joins every collective; a leftover means a bug in the plan
+            raise RuntimeError(f"{len(self.pending)} collectives never started")
+        self.record.gpu_end = list(self.gpu_end)
+        return self.record
+
+
+def run_step(plan: StepPlan) -> StepRecord:
+    """Simulate one forward step; the records of everything that ran."""
+    return Executor(plan).run()

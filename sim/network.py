@@ -1,0 +1,259 @@
+"""One communication phase (dispatch or combine of one micro-batch) on the network: when each GPU is done.
+
+Shape letters: G GPUs, F flows, L links (the topology's, then one copy engine per GPU), X flow-link entries,
+C arrival chunks per GPU, S solution segments.
+
+Input: the phase's flows from moe.traffic (src, dst, tokens, bytes, hop, route as CSR, path latency).
+Every GPU's part of a phase starts at the same instant (DeepEP's normal kernels and NCCL's all-to-all are
+collectives: a notify/barrier step precedes the copies; `sync_s` charges it), so a phase is solved once,
+relative to its start, and reused by every layer and micro-batch that carries the same traffic.
+
+Copy engines (`cluster.comm_copy_GBps` > 0). The communication kernels move data with a few SMs, so each
+GPU gets one more link of that capacity, crossed by every copy its SMs make: the sender's copy into the
+transfer (an NVLink store, or the RDMA send buffer), the forwarder's copy from the RDMA buffer to NVLink,
+the receiver's copy out of its buffer (or, in combine, its reduction). Local copies cross it too: the
+own node's (token, node) copy into the RDMA buffer and the tokens a GPU keeps for itself (copied in and
+out, as DeepEP's receive buffer holds them). Rules per flow, both phases mirrored: same-node flows cross
+copy[src] and copy[dst]; a cross-node flow crosses copy at the end that holds the token's home GPU (the
+sender in dispatch, the receiver in combine) under hierarchical paths, both ends under direct ones. With a
+single node, hierarchical paths are direct ones (DeepEP uses its intranode kernels).
+
+Models (`sim.network`):
+- analytic: flow f arrives at max over its links of (link bytes / capacity) + its path latency;
+- flow: max-min fair sharing over time (sim.maxmin.simulate_flows), arrival = last byte + path latency.
+Both: a sender posts its messages one after another (`message_overhead_us` each, destinations in ring
+order from its own id), which delays the i-th message's arrival by i x overhead; forwarding is pipelined,
+so a hop-1 flow from f arrives no earlier than the hop-0 flows into f plus its own latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe.spec.schema import Cluster
+from moe.topology import Topology
+from moe.traffic import Flows
+from sim.maxmin import simulate_flows
+
+FLOW_BATCH_RTOL = 0.01
+"""Finishes within 1% of the elapsed phase time are one solver step (sim.maxmin docstring)."""
+FLOW_RATE_RTOL = 0.001
+"""Links within 0.1% of the bottleneck share saturate in the same progressive-filling round."""
+SIZE_WEIGHTED = True
+"""Flows share links in proportion to their sizes (weighted max-min, weight = bytes): a kernel walks its
+tokens in order and sends each to all of its destinations, so its flows progress together."""
+CHUNKS = 4
+"""Arrival chunks per GPU: the receiver starts work on each quarter of its tokens as it arrives."""
+
+
+@dataclass(frozen=True)
+class PhaseInput:
+    """A phase's flows plus its local copies, as the solver sees them."""
+
+    src_F: np.ndarray
+    dst_F: np.ndarray
+    tokens_F: np.ndarray
+    bytes_F: np.ndarray
+    hop_F: np.ndarray
+    """0, 1, or -1 for a local copy (src == dst)."""
+    final_F: np.ndarray
+    """True where the flow delivers tokens to their last GPU of the phase (arrivals that unblock work)."""
+    indptr_F1: np.ndarray
+    links_X: np.ndarray
+    latency_F: np.ndarray
+    capacity_L: np.ndarray
+    physical_links: int
+    """Links [0, physical_links) are the topology's; the rest are copy engines."""
+
+
+@dataclass(frozen=True)
+class PhaseTiming:
+    """A solved phase, offsets in seconds from the phase's start (after `sync_s`)."""
+
+    sync_s: float
+    """Launch and notify/barrier before the first byte moves."""
+    done_G: np.ndarray
+    """When each GPU has sent and received everything (its communication engine is free)."""
+    arrive_GC: np.ndarray
+    """When each chunk of a GPU's arriving tokens is there (non-decreasing along C)."""
+    share_GC: np.ndarray
+    """Fraction of the GPU's arriving tokens in each chunk (rows sum to 1, or 0 with no arrivals)."""
+    link_bytes_L: np.ndarray
+    """Bytes each physical link carries in the phase."""
+    seg_t_S1: np.ndarray
+    """Link-rate timeline of the solution: segment boundaries (offsets)."""
+    seg_bytes_SL: np.ndarray
+    """Bytes per physical link per segment."""
+    rounds: int
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.done_G.max(initial=0.0))
+
+
+def _local_copies(traffic, topo: Topology, direct: bool, kind: str, engines: bool):
+    """Local (src == dst) transfers as (gpu, tokens, copies, hop, final) arrays.
+
+    - kept tokens (a GPU computes for its own tokens): copied into and out of the receive buffer (2
+      copies), there at once (hop -1), delivered (final);
+    - hierarchical, forwarder to itself (tokens of other nodes' sources on its rail that it computes for):
+      2 copies; dispatch: they arrive with the RDMA flows into the GPU (hop 1, final); combine: the
+      forwarder's own partial sums feed its RDMA returns (hop 0, not final);
+    - hierarchical, the own node's (token, node) copy into the RDMA buffer (1 copy, only with copy
+      engines: it moves no bytes on links); dispatch: feeds forwarding (hop -1, not final); combine: the
+      node-reduced results of the GPU's own tokens from its own node (hop 1, final).
+    """
+    g = np.arange(topo.gpus)
+    pair = traffic.pair_tokens_GG
+    keep = np.diagonal(pair).astype(np.float64)
+    parts = [(g, keep, 2, -1, True)]
+    if not direct:
+        r, d = topo.gpus_per_node, topo.nodes
+        pair_DRDR = pair.reshape(d, r, d, r)
+        to_self = np.einsum("arbr->br", pair_DRDR).astype(np.float64).ravel()  # rail's sources, all nodes
+        own = np.einsum("brbr->br", pair_DRDR).astype(np.float64).ravel()
+        parts.append((g, to_self - own, 2, 1 if kind == "dispatch" else 0, kind == "dispatch"))
+        if engines:
+            own_node = traffic.node_tokens_GD[g, topo.node_of(g)].astype(np.float64)
+            parts.append((g, own_node, 1, -1 if kind == "dispatch" else 1, kind != "dispatch"))
+    gpu = np.concatenate([p[0] for p in parts])
+    tokens = np.concatenate([p[1] for p in parts])
+    copies = np.concatenate([np.full(topo.gpus, p[2]) for p in parts])
+    hop = np.concatenate([np.full(topo.gpus, p[3], dtype=np.int8) for p in parts])
+    final = np.concatenate([np.full(topo.gpus, p[4]) for p in parts])
+    nz = tokens > 0
+    return gpu[nz], tokens[nz], copies[nz], hop[nz], final[nz]
+
+
+def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: str, bytes_per_token: float,
+                scale: float = 1.0) -> PhaseInput:
+    """Flows of a phase (kind "dispatch" or "combine"), bytes scaled by `scale` (a micro-batch's share),
+    plus local copies, with copy-engine entries when the profile models copy engines.
+
+    Final (delivering) flows: direct: all; hierarchical dispatch: same-node hop 0 and hop 1; combine:
+    hop 1 and same-node hop 0 (a node-mate's results for its home GPU share endpoints with partials
+    bound for a forwarder, so both count as arrivals; this only weights the arrival chunks)."""
+    direct = traffic.comm == "direct" or topo.nodes == 1
+    g, engines = topo.gpus, cluster.comm_copy_GBps > 0
+    src, dst, hop = flows.src_F, flows.dst_F, flows.hop_F.astype(np.int8)
+    same = topo.node_of(src) == topo.node_of(dst)
+    final = np.ones(flows.count, dtype=bool) if direct else (hop == 1) | ((hop == 0) & same)
+    capacity = topo.link_capacity_Bps
+    indptr, links = flows.link_indptr_F1, flows.link_ids_X
+    lgpu, ltok, lcopies, lhop, lfinal = _local_copies(traffic, topo, direct, kind, engines)
+    if engines:
+        capacity = np.concatenate([capacity, np.full(g, cluster.comm_copy_GBps * 1e9)])
+        engine = topo.links
+        home_is_src = kind == "dispatch"
+        at_src = same | direct | home_is_src
+        at_dst = same | direct | (not home_is_src)
+        extra_F = at_src.astype(np.int64) + at_dst.astype(np.int64)
+        extra = np.stack([np.where(at_src, engine + src, -1), np.where(at_dst, engine + dst, -1)], axis=1)
+        flow_X = np.concatenate([np.repeat(np.arange(len(src)), np.diff(indptr)), np.repeat(np.arange(len(src)), 2)])
+        link_X = np.concatenate([links, extra.ravel()])
+        kept = link_X >= 0
+        links = link_X[kept][np.argsort(flow_X[kept], kind="stable")]
+        indptr = np.zeros(len(src) + 1, dtype=np.int64)
+        np.cumsum(np.diff(flows.link_indptr_F1) + extra_F, out=indptr[1:])
+        local_links = np.repeat(engine + lgpu, lcopies)
+    else:
+        lcopies = np.zeros(len(lgpu), dtype=np.int64)
+        local_links = np.zeros(0, dtype=np.int64)
+    links = np.concatenate([links, local_links])
+    indptr = np.concatenate([indptr, indptr[-1] + np.cumsum(lcopies)])
+    n_local = len(lgpu)
+    return PhaseInput(
+        src_F=np.concatenate([src, lgpu]), dst_F=np.concatenate([dst, lgpu]),
+        tokens_F=np.concatenate([flows.tokens_F.astype(np.float64), ltok]) * scale,
+        bytes_F=np.concatenate([flows.bytes_F.astype(np.float64), ltok * bytes_per_token]) * scale,
+        hop_F=np.concatenate([hop, lhop]), final_F=np.concatenate([final, lfinal]), indptr_F1=indptr,
+        links_X=links, latency_F=np.concatenate([flows.latency_s_F, np.zeros(n_local)]), capacity_L=capacity,
+        physical_links=topo.links)
+
+
+def _posting_delay(src_F: np.ndarray, dst_F: np.ndarray, remote_F: np.ndarray, gpus: int, overhead_s: float):
+    """i x overhead for the i-th message (1-based) a sender posts, destinations in ring order."""
+    delay = np.zeros(len(src_F))
+    idx = np.flatnonzero(remote_F)
+    if not len(idx) or overhead_s <= 0:
+        return delay
+    ring = (dst_F[idx] - src_F[idx]) % gpus
+    order = np.lexsort((ring, src_F[idx]))
+    s_sorted = src_F[idx][order]
+    first = np.r_[0, np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1]
+    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    delay[idx[order]] = (rank + 1) * overhead_s
+    return delay
+
+
+def _chunks(dst_F, arrive_F, tokens_F, gpus: int, chunks: int):
+    """Per GPU, C chunks of equal token share: chunk c is ready when the flows carrying its tokens
+    (in arrival order) have all arrived."""
+    arrive_GC = np.zeros((gpus, chunks))
+    share_GC = np.zeros((gpus, chunks))
+    if not len(dst_F):
+        return arrive_GC, share_GC
+    order = np.lexsort((arrive_F, dst_F))
+    d, a, t = dst_F[order], arrive_F[order], tokens_F[order]
+    total_G = np.bincount(d, weights=t, minlength=gpus)
+    first = np.r_[0, np.flatnonzero(d[1:] != d[:-1]) + 1]
+    csum = np.cumsum(t)
+    before = np.repeat(csum[first] - t[first], np.diff(np.r_[first, len(d)]))
+    frac = (csum - before) / np.maximum(total_G[d], 1e-300)  # cumulative share after each flow
+    for c in range(chunks):
+        # chunk c is complete at the first flow whose cumulative share reaches (c + 1) / C
+        reached = frac >= (c + 1) / chunks - 1e-12
+        t_ready = np.full(gpus, np.inf)
+        np.minimum.at(t_ready, d[reached], a[reached])
+        arrive_GC[:, c] = t_ready
+    has = total_G > 0
+    arrive_GC[~has] = 0.0
+    arrive_GC = np.maximum.accumulate(arrive_GC, axis=1)
+    share_GC[has] = 1.0 / chunks
+    return arrive_GC, share_GC
+
+
+def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_links: bool = True) -> PhaseTiming:
+    """Arrival and completion offsets of every GPU in a phase (module docstring for the two models)."""
+    physical = p.physical_links
+    if model == "analytic":
+        load_L = np.bincount(p.links_X, weights=np.repeat(p.bytes_F, np.diff(p.indptr_F1)),
+                             minlength=len(p.capacity_L))
+        busy_L = load_L / p.capacity_L
+        per_entry = busy_L[p.links_X]
+        nonempty = np.diff(p.indptr_F1) > 0
+        last_F = np.zeros(len(p.bytes_F))
+        if nonempty.any():
+            last_F[nonempty] = np.maximum.reduceat(per_entry, p.indptr_F1[:-1][nonempty])
+        end = float(busy_L[:physical].max(initial=0.0))
+        seg_t = np.array([0.0, end])
+        seg_bytes = load_L[None, :physical]
+        rounds, link_bytes = 1, load_L[:physical]
+    else:
+        sol = simulate_flows(p.capacity_L, p.indptr_F1, p.links_X, p.bytes_F, batch_rtol=FLOW_BATCH_RTOL,
+                             rate_rtol=FLOW_RATE_RTOL, record_segments=record_links,
+                             weight_F=p.bytes_F if SIZE_WEIGHTED else None)
+        last_F = sol.finish_F
+        seg_t = sol.t_S1
+        seg_bytes = sol.link_bytes_SL[:, :physical] if record_links else np.zeros((0, physical))
+        rounds, link_bytes = sol.rounds, sol.link_bytes_L[:physical]
+    remote = p.src_F != p.dst_F
+    arrive_F = last_F + p.latency_F + _posting_delay(p.src_F, p.dst_F, remote, gpus,
+                                                      cluster.message_overhead_us * 1e-6)
+    hop1 = np.flatnonzero(p.hop_F == 1)
+    if len(hop1):  # pipelined forwarding: no earlier than what feeds the forwarder
+        feed_G = np.zeros(gpus)
+        hop0 = np.flatnonzero(p.hop_F == 0)
+        np.maximum.at(feed_G, p.dst_F[hop0], arrive_F[hop0])
+        arrive_F[hop1] = np.maximum(arrive_F[hop1], feed_G[p.src_F[hop1]] + p.latency_F[hop1])
+    done_G = np.zeros(gpus)
+    np.maximum.at(done_G, p.src_F, arrive_F)
+    np.maximum.at(done_G, p.dst_F, arrive_F)
+    fin = np.flatnonzero(p.final_F)
+    arrive_GC, share_GC = _chunks(p.dst_F[fin], arrive_F[fin], p.tokens_F[fin], gpus, CHUNKS)
+    max_latency = float(p.latency_F.max(initial=0.0))
+    sync_s = cluster.launch_overhead_us * 1e-6 + 2 * max_latency
+    return PhaseTiming(sync_s=sync_s, done_G=done_G, arrive_GC=arrive_GC, share_GC=share_GC,
+                       link_bytes_L=link_bytes, seg_t_S1=seg_t, seg_bytes_SL=seg_bytes, rounds=rounds)
