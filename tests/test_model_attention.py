@@ -47,6 +47,34 @@ def test_mla_absorbed_form_equals_naive_form(q_latent):
     assert _rel(absorbed, naive) < 1e-5
 
 
+def _rms(x):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def test_mla_matches_the_formula_written_out():
+    """MLA by its definition (DeepSeek-V2 section 2.1): per head, softmax((q_nope . k_nope + q_rope . k_rope)
+    / sqrt(dn + dr)) over earlier tokens, values from the latent; no cache, no absorption."""
+    m = model(dtype="bf16")
+    a = m.attention
+    attn = _block(m).attn
+    b, l, h, dn, dr, dv, c = 2, 7, a.heads, a.head_dim, a.rope_dim, a.v_head_dim, a.kv_latent
+    x = hidden_states(m, b * l, 5, dtype=F32)
+    W = {name: getattr(attn, name).dequantized(F32) for name in ("wq_a", "wq_b", "wkv_a", "wkv_b", "wo")}
+    pos = torch.arange(l)
+    q = (_rms(x @ W["wq_a"].t()) @ W["wq_b"].t()).view(b, l, h, dn + dr)
+    kv = (x @ W["wkv_a"].t()).view(b, l, c + dr)
+    lat, k_rope = _rms(kv[..., :c]), rope(kv[..., c:], pos)  # one rotary key shared by all heads
+    lat, k_rope = (t.to(torch.bfloat16).float() for t in (lat, k_rope))  # as the bf16 cache keeps them
+    kvb = (lat @ W["wkv_b"].t()).view(b, l, h, dn + dv)
+    q_nope, q_rope = q[..., :dn], rope(q[..., dn:], pos)
+    scores = (torch.einsum("bihd,bjhd->bhij", q_nope, kvb[..., :dn])
+              + torch.einsum("bihd,bjd->bhij", q_rope, k_rope)) / (dn + dr) ** 0.5
+    scores = scores.masked_fill(~torch.ones(l, l, dtype=torch.bool).tril(), float("-inf"))
+    out = torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), kvb[..., dn:]).reshape(b * l, h * dv) @ W["wo"].t()
+    for absorbed in (False, True):
+        assert _rel(attn(x, attn.new_cache(b, l, "cpu"), pos, absorbed), out) < 1e-5
+
+
 @pytest.mark.parametrize("kind", ["mla", "mha"])
 def test_decoding_from_the_cache_equals_recomputing_everything(kind):
     """Prefill 6 tokens, then decode 2 one by one: the cache alone (for MLA: latent + rope key) must be

@@ -130,6 +130,20 @@ def test_given_routing_and_dropped_slots():
     torch.testing.assert_close(y_dropped.float(), (h.float() + blk.shared_forward(z)).to(torch.bfloat16).float())
 
 
+def test_expert_is_swiglu_written_out():
+    """y = w2(silu(w1 x) * w3 x) with the dequantized weights in float32; the FP8 expert differs by its two
+    activation quantizations (x and the product, each ~0.027 relative RMS: sqrt(2) x 0.027 ~ 0.04)."""
+    m = model()
+    bank = build_layer(m, 0, 1, experts=[7]).experts
+    f = m.expert_hidden
+    w13 = fp8.dequantize_weight(bank.w13[0], bank.s13[0])
+    w2 = fp8.dequantize_weight(bank.w2[0], bank.s2[0])
+    x = hidden_states(m, 40, 6, dtype=torch.float32)
+    ref = (torch.nn.functional.silu(x @ w13[:f].t()) * (x @ w13[f:].t())) @ w2.t()
+    err = _rel(bank(7, x, torch.float32), ref)
+    assert 0.005 < err < 0.06
+
+
 def test_expert_not_held_is_a_clear_error():
     m = model()
     blk = build_layer(m, 0, 1, experts=[0, 1])

@@ -89,3 +89,9 @@ def test_paper_expert_flops_by_hand():
 def test_shapes_import_without_torch():
     code = "import sys, moe.model.shapes; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_model_imports_no_simulator_or_mpi():
+    code = ("import sys, moe.model.model, moe.model.linear, moe.model.fp8; "
+            "bad = {'simpy', 'mpi4py'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

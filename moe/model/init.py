@@ -33,18 +33,22 @@ def piece_key(seed: int, layer: int, piece: str, expert: int = -1, tensor: str =
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for 0 <= x < 2^32, split into 16-bit halves of c so no int64 product overflows."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x <- (x * c) mod 2^32, in place, for 0 <= x < 2^32. A multiplier >= 2^31 is split into 16-bit
+    halves so that no int64 product overflows."""
+    if c < 1 << 31:
+        return x.mul_(c).bitwise_and_(_MASK32)
+    high = (x * (c >> 16)).bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    return x.mul_(c & 0xFFFF).add_(high).bitwise_and_(_MASK32)
 
 
 def _lowbias32(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ (x >> 16)
-    x = _mul32(x, _HASH_MULTIPLIERS[0])
-    x = x ^ (x >> 15)
-    x = _mul32(x, _HASH_MULTIPLIERS[1])
-    return x ^ (x >> 16)
+    """The lowbias32 hash of every element (0 <= x < 2^32, int64), in place."""
+    x.bitwise_xor_(x >> 16)
+    _mul32_(x, _HASH_MULTIPLIERS[0])
+    x.bitwise_xor_(x >> 15)
+    _mul32_(x, _HASH_MULTIPLIERS[1])
+    return x.bitwise_xor_(x >> 16)
 
 
 def uniform(shape: Sequence[int], keys: Sequence[int], device: torch.device | str = "cpu",
@@ -62,13 +66,18 @@ def uniform(shape: Sequence[int], keys: Sequence[int], device: torch.device | st
     key_hi = torch.tensor([k >> 32 for k in keys], dtype=torch.int64, device=device)
     flat = out.view(-1)
     for start in range(0, flat.numel(), CHUNK):
-        idx = torch.arange(start, min(start + CHUNK, flat.numel()), dtype=torch.int64, device=device)
-        row = idx // numel
-        h = _lowbias32((idx - row * numel) ^ key_lo[row])
-        h = _lowbias32(h ^ key_hi[row])
+        stop = min(start + CHUNK, flat.numel())
+        h = torch.arange(start, stop, dtype=torch.int64, device=device)
+        if len(keys) == 1:
+            _lowbias32(h.bitwise_xor_(keys[0] & _MASK32))
+            _lowbias32(h.bitwise_xor_(keys[0] >> 32))
+        else:
+            row = h // numel
+            _lowbias32(h.sub_(row * numel).bitwise_xor_(key_lo[row]))
+            _lowbias32(h.bitwise_xor_(key_hi[row]))
         # top 24 bits -> [0, 2^24) exactly in float32; map to [-1, 1) with exact operations
-        u = (h >> 8).to(torch.float32) * (2.0 / (1 << 24)) - 1.0
-        flat[start:start + idx.numel()] = u * bound
+        u = h.bitwise_right_shift_(8).to(torch.float32).mul_(2.0 / (1 << 24)).sub_(1.0)
+        flat[start:stop] = u.mul_(bound)
     return out.view(len(keys), *shape)
 
 
