@@ -10,6 +10,7 @@ moe.placement.topology_aware); moe.placement.types says how replicas share a rep
 
 from __future__ import annotations
 
+from moe.errors import SpecError
 from moe.placement.load import ExpectedLoad, expected_load, load_from_ids
 from moe.placement.strategies import contiguous, one_per_gpu, random, replicate_hot
 from moe.placement.types import Placement, make_placement, token_bucket
@@ -30,7 +31,10 @@ STRATEGIES = {"one_per_gpu": one_per_gpu, "contiguous": contiguous, "random": ra
 def place(scenario: Scenario, load: ExpectedLoad | None = None, strategy: str | None = None) -> Placement:
     """Placement of the scenario's strategy (or `strategy`) for the expected load (default: a sample of
     MoE layer 0, step 0)."""
-    fn = STRATEGIES[strategy or scenario.placement.strategy]
+    name = strategy or scenario.placement.strategy
+    if name not in STRATEGIES:
+        raise SpecError("placement.strategy", name, f"unknown strategy; known: {', '.join(STRATEGIES)}")
+    fn = STRATEGIES[name]
     return fn(scenario, expected_load(scenario) if load is None else load)
 
 
