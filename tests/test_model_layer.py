@@ -197,3 +197,12 @@ def test_one_paper_layer_with_one_expert_on_the_meta_device():
 def _filled(cache, length):
     cache.length = length
     return cache
+
+
+def test_moving_a_block_moves_the_fp8_views_with_it():
+    m = model()
+    blk = build_layer(m, 0, 1, experts=[0]).to("meta")
+    assert blk.attn.wq_a.fp8.q_NK.device.type == "meta"
+    assert blk.experts.fp8_w13[0][0].q_NK.device.type == "meta" and blk.experts.fp8_w2[0].scale.is_meta
+    y = blk.expert_forward(0, torch.empty(3, m.hidden, dtype=torch.bfloat16, device="meta"))
+    assert y.shape == (3, m.hidden)

@@ -196,18 +196,6 @@ class Linear(torch.nn.Module):
             self.register_buffer("weight", w_NK.to(torch.bfloat16).contiguous(), persistent=True)
             self.scale = None
 
-    @classmethod
-    def from_fp8(cls, weight: Fp8Weight) -> Linear:
-        """A Linear over an existing FP8 weight (a view into stacked expert storage); no copy."""
-        self = cls.__new__(cls)
-        torch.nn.Module.__init__(self)
-        self.dtype_name = "fp8"
-        self.out_features, self.in_features = weight.q_NK.shape
-        self.fp8 = weight
-        self.register_buffer("weight", weight.q_NK, persistent=True)
-        self.register_buffer("scale", weight.scale, persistent=True)
-        return self
-
     def _apply(self, fn, recurse=True):
         """Keep the Fp8Weight view in step with the buffers when the module is moved (`.to(device)`)."""
         super()._apply(fn, recurse)
