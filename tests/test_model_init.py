@@ -117,3 +117,17 @@ def test_tiny_model_builds_fast():
     elapsed = time.process_time() - t0
     print(f"tiny model build: {elapsed * 1e3:.0f} ms CPU time")
     assert elapsed < 1.0 and len(model.blocks) == m.layers
+
+
+@pytest.mark.gpu
+def test_weights_are_bit_identical_on_cpu_and_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    keys = [init.piece_key(0, 4, "expert", e, "w1") for e in range(3)]
+    assert torch.equal(init.uniform((300, 700), keys, "cuda").cpu(), init.uniform((300, 700), keys, "cpu"))
+    m = tiny()
+    cpu, gpu = (SwiGLUBank(m, 0, 1, "expert", [3, 8], m.expert_hidden, d) for d in ("cpu", "cuda"))
+    for name in ("w13", "s13", "w2", "s2"):
+        a, b = getattr(cpu, name), getattr(gpu, name).cpu()
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.dtype == torch.float8_e4m3fn \
+            else torch.equal(a, b), name
