@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One compute thread per process: the suite runs on 2 cores, often with MPI ranks beside it, and torch's
+# intra-op threads oversubscribe them (the tiny model runs ~10x slower with 2 threads on a loaded box).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
