@@ -119,22 +119,24 @@ class Topology:
         `links_X[indptr_F1[f]:indptr_F1[f + 1]]`, in path order. src == dst gives an empty route."""
         src_F = np.asarray(src_F, dtype=np.int64).ravel()
         dst_F = np.asarray(dst_F, dtype=np.int64).ravel()
-        same_node = self.node_of(src_F) == self.node_of(dst_F)
-        intra = same_node & (src_F != dst_F)
-        inter = ~same_node
-        spine = inter & ((self.local_of(src_F) != self.local_of(dst_F))
-                         | (self.leaf_of(src_F) != self.leaf_of(dst_F)))
-        hops_F4 = np.full((len(src_F), 4), -1, dtype=np.int64)
-        hops_F4[intra, 0] = self.nvlink_out(src_F[intra])
-        hops_F4[intra, 1] = self.nvlink_in(dst_F[intra])
-        hops_F4[inter, 0] = self.nic_out(src_F[inter])
-        hops_F4[spine, 1] = self.leaf_up(src_F[spine])
-        hops_F4[spine, 2] = self.leaf_down(dst_F[spine])
-        hops_F4[inter, 3] = self.nic_in(dst_F[inter])
-        used_F4 = hops_F4 >= 0
+        g, r = self.gpus, self.gpus_per_node
+        node_s, node_d = src_F // r, dst_F // r
+        inter = node_s != node_d
+        moving = src_F != dst_F
+        spine = inter & ((src_F - node_s * r != dst_F - node_d * r)
+                         | (node_s // self.gpus_per_leaf != node_d // self.gpus_per_leaf))
+        count_F = 2 * moving + 2 * spine
         indptr_F1 = np.zeros(len(src_F) + 1, dtype=np.int64)
-        np.cumsum(used_F4.sum(axis=1), out=indptr_F1[1:])
-        return indptr_F1, hops_F4[used_F4]
+        np.cumsum(count_F, out=indptr_F1[1:])
+        links_X = np.empty(indptr_F1[-1], dtype=np.int64)
+        start, end = indptr_F1[:-1][moving], indptr_F1[1:][moving] - 1
+        hop_inter = inter[moving]
+        links_X[start] = src_F[moving] + np.where(hop_inter, 2 * g, 0)  # nvlink_out or nic_out
+        links_X[end] = dst_F[moving] + np.where(hop_inter, 3 * g, g)  # nvlink_in or nic_in
+        first = indptr_F1[:-1][spine]
+        links_X[first + 1] = self.leaf_up(src_F[spine])
+        links_X[first + 2] = self.leaf_down(dst_F[spine])
+        return indptr_F1, links_X
 
     def link_bytes(self, src_F, dst_F, bytes_F) -> np.ndarray:
         """Bytes per link (length L) when transfer f carries bytes_F[f] from src_F[f] to dst_F[f]."""

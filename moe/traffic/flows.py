@@ -90,8 +90,11 @@ def _flows(topo: Topology, parts, hops, bytes_per_token: int) -> Flows:
     nbytes = tokens * bytes_per_token
     per_link = np.repeat(nbytes.astype(np.float64), np.diff(indptr))
     link_bytes = np.bincount(links, weights=per_link, minlength=topo.links)
-    # every flow has src != dst, so every route has at least two links and reduceat sees no empty segment
-    latency = np.add.reduceat(topo.link_latency_s[links], indptr[:-1]) if len(src) else np.zeros(0)
+    # every flow has src != dst, so every route has 2 or 4 links: sum the link latencies by position
+    lat_X = topo.link_latency_s[links]
+    latency = lat_X[indptr[:-1]] + lat_X[indptr[1:] - 1]
+    four = np.flatnonzero(np.diff(indptr) == 4)
+    latency[four] += lat_X[indptr[four] + 1] + lat_X[indptr[four] + 2]
     return Flows(src_F=src, dst_F=dst, tokens_F=tokens, bytes_F=nbytes, hop_F=hop, link_indptr_F1=indptr,
                  link_ids_X=links, latency_s_F=latency, link_bytes_L=link_bytes)
 
