@@ -92,7 +92,9 @@ def inputs(scenario: Scenario, pattern: int, rank: int, ranks: int, device) -> t
 class Job:
     """Everything one rank holds for a run."""
 
-    def __init__(self, scenario: Scenario, tr: Transport, plan: RunPlan | None = None):
+    def __init__(self, scenario: Scenario, tr: Transport, plan: RunPlan | None = None, model=None):
+        """`plan` and `model` (built with this rank's experts on the chosen device) may be passed in to
+        reuse them across runs of the same scenario (tests)."""
         if scenario.cluster.gpus != tr.size:
             raise SpecError("cluster.gpus_per_node", scenario.cluster.gpus_per_node,
                             f"the emulator runs one rank per GPU: cluster has {scenario.cluster.gpus} GPUs "
@@ -102,7 +104,8 @@ class Job:
         self.device = pick_device(scenario.emu.device)
         set_threads(ranks_on_host(tr.size))
         self.plan = build_plan(scenario, tr.rank) if plan is None else plan
-        self.model = from_scenario(scenario, experts=self.plan.held_experts(tr.rank), device=self.device)
+        self.model = model if model is not None else from_scenario(
+            scenario, experts=self.plan.held_experts(tr.rank), device=self.device)
         self.layout = layout(scenario)
         self.clock = PhaseClock(tr.now, tr.rank, moe_from=scenario.model.dense_layers)
         self.runtime = RankRuntime(scenario, tr, self.plan, self.model, self.layout, self.clock, self.device)

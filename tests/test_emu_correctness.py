@@ -75,6 +75,9 @@ def cases(ranks: int, quick: bool = False) -> list[tuple[str, list[str]]]:
     return [c for c in out if c[0] in QUICK] if quick else out
 
 
+_MODELS: dict = {}
+
+
 def check_case(comm, overrides: list[str]) -> dict:
     """Run every routing pattern of the scenario on this job and compare with the reference on this rank's
     tokens. Returns this rank's figures (errors, traffic equality), identical in form on every rank."""
@@ -83,14 +86,21 @@ def check_case(comm, overrides: list[str]) -> dict:
     from emu.job import Job, inputs
     from emu.microbatch import full_caches
     from emu.mpi_transport import MPITransport
+    from emu.plan import build_plan
     from moe.model.model import from_scenario, wire_dtypes
     from moe.spec import load_scenario
 
     s = load_scenario(BASE, overrides)
     tr = MPITransport(comm)
-    job = Job(s, tr)
+    plan = build_plan(s, tr.rank)
+    held = tuple(plan.held_experts(tr.rank))
+    held = None if held == tuple(range(s.model.experts)) else held
+    for experts in (held, None):  # models are shared by the cases of one model (building dominates)
+        if (s.model, s.seed, experts) not in _MODELS:
+            _MODELS[(s.model, s.seed, experts)] = from_scenario(s, experts=experts)
+    job = Job(s, tr, plan=plan, model=_MODELS[(s.model, s.seed, held)])
     job.runtime.layer_outputs = {}
-    ref_model = from_scenario(s)  # every expert, one process
+    ref_model = _MODELS[(s.model, s.seed, None)]  # every expert, one process
     worst, frob, layer_frob, traffic_ok = 0.0, 0.0, 0.0, True
     for pattern in range(s.workload.steps):
         out_TD, stats = job.step(pattern, record=False)
