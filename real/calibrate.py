@@ -1,0 +1,232 @@
+"""`moetb calibrate --backend real`: microbenchmarks of a GPU node -> a hardware profile for the simulator.
+
+    torchrun --nproc-per-node 4 -m moe calibrate --backend real --out experiments/profiles/h100x4.yaml
+
+What is measured (timing discipline: warm-up, synchronize, CUDA events, median of repeats):
+- the FP8 GEMMs the models run (`moe.model.shapes`: attention projections, dense FFN and routed experts of
+  the `paper` and `deepseek-v3` presets) at a grid of row counts, through `moe.model.linear.fp8_linear`
+  exactly as the model calls it -> `gemm_table`; every rank measures its own GPU and the median is kept;
+- HBM bandwidth from a device-to-device copy (bytes read + written) -> `hbm_GBps`;
+- host launch cost of a minimal kernel -> `launch_overhead_us`;
+- NCCL `all_to_all_single` bus bandwidth (busbw = algbw (n-1)/n, nccl-tests' definition) and a
+  `batch_isend_irecv` ring (bytes per direction per GPU) over message sizes -> `alltoall_curve`,
+  `p2p_curve`; the largest-size all-to-all bus bandwidth -> `nvlink_GBps`; half a small-message ping-pong
+  between ranks 0 and 1 -> `nvlink_latency_us`.
+Peak rates (`fp8_TFLOPS`, `bf16_TFLOPS`) are the best measured GEMM rates, the roofline ceiling the
+simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on a single node.
+"""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+from collections.abc import Callable
+
+from moe.spec.loader import load_preset
+from moe.spec.schema import Model
+
+ROWS_FULL = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+ROWS_QUICK = (128, 1024, 4096)
+BYTES_FULL = tuple(1 << p for p in range(16, 29, 2))  # 64 KiB .. 256 MiB per rank
+BYTES_QUICK = (1 << 20, 1 << 24)
+MODELS = ("paper", "deepseek-v3")
+
+
+def gemm_shapes(models: tuple[str, ...] = MODELS) -> list[tuple[int, int]]:
+    """Distinct FP8 weight shapes (K, N) of one layer of each model: projections, FFNs and experts."""
+    from moe.model.shapes import attention_gemms, expert_gemms, ffn_gemms
+
+    shapes: set[tuple[int, int]] = set()
+    for name in models:
+        m = Model.model_validate({**load_preset("model", name), "preset": name})
+        for g in attention_gemms(m, 128) + ffn_gemms(m, 128, moe=False) + expert_gemms(m, 128):
+            if g.dtype == "fp8" and g.batch == 1:
+                shapes.add((g.k, g.n))
+    return sorted(shapes)
+
+
+def cuda_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    """Median seconds of fn() by CUDA events, each call on an idle GPU, after `warmup` calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(samples)
+
+
+def measure_gemms(rows: tuple[int, ...], repeats: int) -> list[dict]:
+    """TFLOP/s of fp8_linear for every (rows, K, N); inputs arrive as FP8 payload + scales (the wire)."""
+    import torch
+
+    from moe.model.fp8 import quantize_act, quantize_weight
+    from moe.model.linear import Fp8Weight, fp8_linear
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    out = []
+    for k, n in gemm_shapes():
+        w = Fp8Weight(*quantize_weight(torch.randn(n, k, device=dev) * 0.02))
+        for m in rows:
+            x = quantize_act(torch.randn(m, k, device=dev, dtype=torch.bfloat16))
+            t = cuda_time_s(lambda x=x, w=w: fp8_linear(x, w), warmup=3, repeats=repeats)
+            out.append({"m": m, "k": k, "n": n, "dtype": "fp8", "TFLOPS": round(2 * m * k * n / t / 1e12, 1)})
+        del w
+    torch.cuda.empty_cache()
+    return out
+
+
+def measure_bf16_peak(repeats: int) -> float:
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t = cuda_time_s(lambda: a @ a, warmup=3, repeats=repeats)
+    return 2 * 8192**3 / t / 1e12
+
+
+def measure_hbm_GBps(repeats: int) -> float:
+    import torch
+
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    t = cuda_time_s(lambda: y.copy_(x), warmup=3, repeats=repeats)
+    return 2 * x.numel() / t / 1e9
+
+
+def measure_launch_us(calls: int = 2000) -> float:
+    """Host-side cost of one minimal kernel: a tight loop of launches, then one synchronize."""
+    import time
+
+    import torch
+
+    x = torch.zeros(1, device="cuda")
+    for _ in range(100):
+        x.add_(1)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        x.add_(1)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def measure_alltoall(sizes: tuple[int, ...], repeats: int) -> list[dict]:
+    """all_to_all_single bus bandwidth per bytes-per-rank: busbw = (bytes / time) (n-1)/n."""
+    import torch
+    import torch.distributed as dist
+
+    n = dist.get_world_size()
+    out = []
+    for size in sizes:
+        chunk = max(1, size // n)
+        send = torch.empty(chunk * n, dtype=torch.uint8, device="cuda")
+        recv = torch.empty_like(send)
+        dist.barrier()
+        t = cuda_time_s(lambda s=send, r=recv: dist.all_to_all_single(r, s), warmup=3, repeats=repeats)
+        out.append({"bytes": chunk * n, "GBps": round(chunk * n / t / 1e9 * (n - 1) / n, 2)})
+    return out
+
+
+def measure_ring_p2p(sizes: tuple[int, ...], repeats: int) -> list[dict]:
+    """batch_isend_irecv ring (send to rank+1, receive from rank-1): bytes per direction per GPU / time."""
+    import torch
+    import torch.distributed as dist
+
+    r, n = dist.get_rank(), dist.get_world_size()
+    out = []
+    for size in sizes:
+        send = torch.empty(size, dtype=torch.uint8, device="cuda")
+        recv = torch.empty_like(send)
+
+        def ring(s=send, v=recv):
+            ops = [dist.P2POp(dist.isend, s, (r + 1) % n), dist.P2POp(dist.irecv, v, (r - 1) % n)]
+            for work in dist.batch_isend_irecv(ops):
+                work.wait()
+
+        dist.barrier()
+        t = cuda_time_s(ring, warmup=3, repeats=repeats)
+        out.append({"bytes": size, "GBps": round(size / t / 1e9, 2)})
+    return out
+
+
+def measure_latency_us(repeats: int) -> float:
+    """Half the round trip of an 8-byte message between ranks 0 and 1 (others idle at the barrier)."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    r = dist.get_rank()
+    buf = torch.zeros(8, dtype=torch.uint8, device="cuda")
+    samples = []
+    for i in range(repeats + 5):
+        dist.barrier()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        if r == 0:
+            dist.send(buf, 1)
+            dist.recv(buf, 1)
+        elif r == 1:
+            dist.recv(buf, 0)
+            dist.send(buf, 0)
+        torch.cuda.synchronize()
+        if i >= 5:
+            samples.append((time.perf_counter() - t0) / 2 * 1e6)
+    return statistics.median(samples)
+
+
+def _median_table(tables: list[list[dict]]) -> list[dict]:
+    """Per entry, the median TFLOPS over ranks (every rank measured the same list in the same order)."""
+    return [{**first, "TFLOPS": round(statistics.median(t[i]["TFLOPS"] for t in tables), 1)}
+            for i, first in enumerate(tables[0])]
+
+
+def calibrate_ranks(*, quick: bool) -> dict | None:
+    """Every rank of the job measures; rank 0 returns the profile mapping, the others None."""
+    import torch
+    import torch.distributed as dist
+
+    rows, sizes, reps = (ROWS_QUICK, BYTES_QUICK, 5) if quick else (ROWS_FULL, BYTES_FULL, 20)
+    gemms = measure_gemms(rows, reps)
+    tables = [None] * dist.get_world_size()
+    dist.all_gather_object(tables, gemms)
+    multi = dist.get_world_size() > 1
+    a2a = measure_alltoall(sizes, reps) if multi else []
+    p2p = measure_ring_p2p(sizes, reps) if multi else []
+    latency = measure_latency_us(reps) if multi else 0.0
+    hbm, bf16, launch = measure_hbm_GBps(reps), measure_bf16_peak(reps), measure_launch_us()
+    if dist.get_rank() != 0:
+        return None
+    table = _median_table(tables)
+    ib = load_preset("cluster", "h100-ib")
+    name = torch.cuda.get_device_name()
+    today = datetime.date.today().isoformat()
+    return {
+        "name": f"{name} x{dist.get_world_size()}, measured {today} by moetb calibrate --backend real "
+                f"(torch {torch.__version__})",
+        "nodes": 1,
+        "gpus_per_node": dist.get_world_size(),
+        "fp8_TFLOPS": max(p["TFLOPS"] for p in table),
+        "bf16_TFLOPS": round(bf16, 1),
+        "hbm_GBps": round(hbm, 1),
+        "memory_GB": round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1),
+        "gemm_table": table,
+        "nvlink_GBps": a2a[-1]["GBps"] if a2a else ib["nvlink_GBps"],
+        "nvlink_latency_us": round(latency, 2),
+        "nic_GBps": ib["nic_GBps"],
+        "nic_latency_us": ib["nic_latency_us"],
+        "fabric_oversubscription": 1.0,
+        "gpus_per_leaf": ib["gpus_per_leaf"],
+        "launch_overhead_us": round(launch, 2),
+        "message_overhead_us": 0.0,  # included in nvlink_latency_us: the ping-pong times posting and flight
+        "comm_copy_GBps": 0.0,  # NCCL's copies are inside the measured link bandwidth
+        "alltoall_curve": a2a,
+        "p2p_curve": p2p,
+    }

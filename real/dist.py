@@ -1,0 +1,111 @@
+"""Process groups for the GPU backend: one process per GPU, started by torchrun or by mpirun/mpiexec.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Under mpirun (Open MPI, MPICH,
+Slurm) the rank variables come from the MPI launcher and rank 0 publishes its host name and a free port
+to the others through mpi4py, imported only in that case. Outside any launcher `launch` starts
+`python -m torch.distributed.run --nproc-per-node N -m moe ...` itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from moe.errors import RunFailure
+
+# (rank, size, local rank) variables of each launcher, in the order they are tried
+_LAUNCHERS = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),  # torchrun
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),  # Open MPI
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),  # MPICH / Hydra
+    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),  # srun
+)
+NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+"""NVLink multicast off: on shared hosts a program using it can take the GPUs out of service."""
+
+
+@dataclass(frozen=True)
+class Place:
+    rank: int
+    size: int
+    local_rank: int
+    launcher: str
+
+
+def place() -> Place | None:
+    """Where this process sits in a launched job, or None when no launcher started it."""
+    for rank_var, size_var, local_var in _LAUNCHERS:
+        if os.environ.get(rank_var, "").isdigit() and os.environ.get(size_var, "").isdigit():
+            local = os.environ.get(local_var, "0")
+            return Place(int(os.environ[rank_var]), int(os.environ[size_var]), int(local) if local.isdigit() else 0,
+                         rank_var)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _rendezvous_over_mpi() -> None:
+    """mpirun gives no MASTER_ADDR/PORT: rank 0 picks them and broadcasts them over MPI."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    addr = comm.bcast((socket.gethostname(), _free_port()) if comm.rank == 0 else None, root=0)
+    os.environ.setdefault("MASTER_ADDR", addr[0])
+    os.environ.setdefault("MASTER_PORT", str(addr[1]))
+
+
+def init(backend: str, timeout_s: float) -> Place:
+    """Join the job's process group (NCCL on GPUs, gloo on CPUs), binding this rank to its local GPU.
+    `timeout_s` bounds every collective: a dead peer ends the job with an error, never a hang."""
+    import torch
+    import torch.distributed as dist
+
+    for key, value in NCCL_SAFE_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    where = place() or Place(0, 1, 0, "none")
+    if "MASTER_ADDR" not in os.environ:
+        if where.size == 1:
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(_free_port())
+        else:
+            _rendezvous_over_mpi()
+    if dist.is_initialized():
+        return where
+    kwargs = {}
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise RunFailure("real: backend nccl needs CUDA GPUs and none is visible")
+        torch.cuda.set_device(where.local_rank % torch.cuda.device_count())
+        kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
+    dist.init_process_group(backend, rank=where.rank, world_size=where.size,
+                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return where
+
+
+def finish() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(ranks: int, argv: list[str], timeout_s: float | None = None) -> None:
+    """Start `ranks` processes of `python -m moe argv...` under torchrun on this host and wait."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+           "-m", "moe", *argv]
+    env = {**os.environ, **NCCL_SAFE_ENV}
+    try:
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RunFailure(f"real: {' '.join(argv[:2])} on {ranks} ranks did not finish in {timeout_s:g} s") from None
+    if proc.returncode != 0:
+        raise RunFailure(f"real: {' '.join(argv[:2])} on {ranks} ranks failed (torchrun exit {proc.returncode}); "
+                         "the failing rank's error is printed above")
