@@ -227,6 +227,8 @@ class EmuOptions(Section):
     timeout_s: PosFloat = 60.0
     """Every blocking wait gives up after this long and aborts the job."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: NonNegInt = 0
+    """Intra-op threads per rank (torch); 0: the host's cores divided by its ranks (at least 1)."""
     fail_rank: Annotated[int, Field(ge=-1, strict=True)] = -1
     """Fault injection (tests): this rank fails at `fail_at` in the first MoE layer it runs; -1: none."""
     fail_at: Literal["dispatch", "expert", "combine"] = "expert"
