@@ -64,9 +64,12 @@ def pick_device(option: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def set_threads(ranks_on_host: int) -> None:
-    """Share the host's cores among its ranks (one intra-op thread pool per rank otherwise oversubscribes)."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ranks_on_host)))
+def set_threads(ranks_on_host: int, threads: int = 0) -> int:
+    """`threads` intra-op threads, or (0) share the host's cores among its ranks: one thread pool per rank
+    of the core count oversubscribes, and a spinning OpenMP pool on a busy core costs milliseconds per op."""
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, ranks_on_host))
+    torch.set_num_threads(n)
+    return n
 
 
 def ranks_on_host(size: int) -> int:
@@ -102,7 +105,7 @@ class Job:
         check_fault_options(scenario.emu, tr.size)
         self.s, self.tr = scenario, tr
         self.device = pick_device(scenario.emu.device)
-        set_threads(ranks_on_host(tr.size))
+        set_threads(ranks_on_host(tr.size), scenario.emu.threads)
         self.plan = build_plan(scenario, tr.rank) if plan is None else plan
         self.model = model if model is not None else from_scenario(
             scenario, experts=self.plan.held_experts(tr.rank), device=self.device)

@@ -36,7 +36,7 @@ MAX_TOL = 2.0 ** -3
 BASE = {"name": "emu-check", "model": {"preset": "tiny"},
         "cluster": {"preset": "cpu-host", "nodes": 1, "gpus_per_node": 1},
         "workload": {"tokens_per_gpu": 32, "context_len": 32, "steps": 1},
-        "emu": {"warmup": 0, "repeats": 1, "timeout_s": 60.0}}
+        "emu": {"warmup": 0, "repeats": 1, "timeout_s": 60.0, "threads": 1}}
 
 
 QUICK = ("replicate_hot+replicas", "layer-pipeline/chunks", "capacity/2-steps")

@@ -25,7 +25,7 @@ def spec(ranks: int, **emu) -> dict:
     return {"name": "emu-fault", "model": {"preset": "tiny"},
             "cluster": {"preset": "cpu-host", "nodes": 1, "gpus_per_node": ranks},
             "placement": {"strategy": "contiguous"}, "workload": {"tokens_per_gpu": 16, "context_len": 16},
-            "emu": {"warmup": 0, "repeats": 1, **emu}}
+            "emu": {"warmup": 0, "repeats": 1, "threads": 1, **emu}}
 
 
 def run_cli(tmp_path: Path, data: dict, ranks: int) -> tuple[subprocess.CompletedProcess, float]:
