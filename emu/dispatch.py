@@ -80,10 +80,14 @@ def plan_dispatch(key: int, slot_TK: np.ndarray, keep_TK: np.ndarray, w_TK: torc
     return SendPlan(key=key, token_N=token_t, counts_R=counts_R, offsets_R1=offsets_R1, meta_NC=meta_NC)
 
 
-def pack_rows(x_TD: torch.Tensor, plan: SendPlan, dispatch_dtype: str) -> torch.Tensor:
-    """Wire rows [N, W] of every row of the plan: each token quantized once, then gathered per row."""
+def pack_rows(x_TD: torch.Tensor, plan: SendPlan, dispatch_dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Wire rows [N, W] of every row of the plan: each token quantized once, then gathered per row (into
+    `out`, a [N, W] uint8 buffer, when given)."""
     wire_TW = pack(x_TD, dispatch_dtype)
-    return wire_TW.index_select(0, plan.token_N.to(wire_TW.device))
+    rows = plan.token_N.to(wire_TW.device)
+    if out is None:
+        return wire_TW.index_select(0, rows)
+    return torch.index_select(wire_TW, 0, rows, out=out)
 
 
 @dataclass
@@ -106,6 +110,8 @@ class Exchange:
     shard_parts: dict[int, int] = field(default_factory=dict)
     """Source rank -> parts (payload, meta) still to arrive."""
     receives_posted: bool = False
+    send_buf: torch.Tensor | None = None
+    """The pooled buffer of the payload rows, handed back once every send completed (runtime)."""
 
     @property
     def row_bytes(self) -> int:
@@ -147,7 +153,7 @@ def post_dispatch(tr: Transport, ex: Exchange, wire_NW: torch.Tensor) -> list[Pe
         posted.append(tr.isend(wire_NW[rows].reshape(-1), dst, tag(ex.key, KIND_PAYLOAD), ("sent", ex.key)))
         posted.append(tr.isend(meta_NC[rows].reshape(-1).view(torch.uint8), dst, tag(ex.key, KIND_META),
                                ("sent", ex.key)))
-        buf = torch.empty(n, ex.result_row_bytes, dtype=torch.uint8, device=tr.device)
+        buf = tr.take_buffer(n * ex.result_row_bytes).view(n, ex.result_row_bytes)
         ex.result_bufs[dst] = buf
         # hand-off to the transport: buf belongs to it until this receive completes
         posted.append(tr.irecv(buf.view(-1), dst, tag(ex.key, KIND_RESULT), ("result", ex.key, dst)))
@@ -162,8 +168,8 @@ def post_receives(tr: Transport, ex: Exchange, k: int) -> list[Pending]:
         if src == tr.rank:
             continue
         m = int(ex.counts.recv_RX[src, 0])
-        wire = torch.empty(m, ex.row_bytes, dtype=torch.uint8, device=tr.device)
-        meta = torch.empty(m, 2 * k, dtype=torch.int32, device=tr.device)
+        wire = tr.take_buffer(m * ex.row_bytes).view(m, ex.row_bytes)
+        meta = tr.take_buffer(m * 2 * k * 4).view(torch.int32).view(m, 2 * k)
         ex.shard_bufs[src] = (wire, meta)
         ex.shard_parts[src] = 2
         # hand-off to the transport: both buffers belong to it until their receives complete

@@ -105,7 +105,10 @@ class Job:
         check_fault_options(scenario.emu, tr.size)
         self.s, self.tr = scenario, tr
         self.device = pick_device(scenario.emu.device)
-        set_threads(ranks_on_host(tr.size), scenario.emu.threads)
+        local = ranks_on_host(tr.size)
+        threads = set_threads(local, scenario.emu.threads)
+        if local * threads > (os.cpu_count() or 1):
+            tr.spin_s = 0.0  # oversubscribed: a spinning rank would take the core from the one it waits for
         self.plan = build_plan(scenario, tr.rank) if plan is None else plan
         self.model = model if model is not None else from_scenario(
             scenario, experts=self.plan.held_experts(tr.rank), device=self.device)

@@ -84,6 +84,13 @@ def spec_for_child(scenario: Scenario) -> dict:
     return data
 
 
+def child_env() -> dict:
+    """The environment of launched ranks: ours, plus THP_MEM_ALLOC_ENABLE=1 so torch's CPU allocator asks
+    for transparent huge pages for large tensors (read once, when torch starts). Measured on the 2-core
+    dev box: MPI moves 16 MB between huge-page buffers 3-4x faster than between 4 KiB-page ones."""
+    return {"THP_MEM_ALLOC_ENABLE": "1", **os.environ}
+
+
 def _run_child(cmd: list[str], env: dict, timeout_s: float | None, what: str) -> None:
     try:
         proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -101,7 +108,7 @@ def launch_run(scenario: Scenario, ranks: int, timeout_s: float | None = None):
         spec_path, handoff = Path(tmp) / "spec.yaml", Path(tmp) / "output.pkl"
         spec_path.write_text(yaml.safe_dump(spec_for_child(scenario), sort_keys=False))
         cmd = mpiexec_command(ranks, ["run", str(spec_path), "--backend", "emu", "--out", str(Path(tmp) / "out")])
-        _run_child(cmd, {**os.environ, HANDOFF_ENV: str(handoff)}, timeout_s, "run")
+        _run_child(cmd, {**child_env(), HANDOFF_ENV: str(handoff)}, timeout_s, "run")
         if not handoff.exists():
             raise RunFailure("emu: the launched job ended without handing back a result")
         with handoff.open("rb") as f:
@@ -113,7 +120,7 @@ def launch_calibrate(ranks: int, quick: bool, timeout_s: float | None = None) ->
     with tempfile.TemporaryDirectory(prefix="moetb-emu-") as tmp:
         out = Path(tmp) / "profile.yaml"
         argv = ["calibrate", "--backend", "emu", "--out", str(out)] + (["--quick"] if quick else [])
-        _run_child(mpiexec_command(ranks, argv), dict(os.environ), timeout_s, "calibrate")
+        _run_child(mpiexec_command(ranks, argv), child_env(), timeout_s, "calibrate")
         data = yaml.safe_load(out.read_text())
         data.pop("preset", None)
         return data

@@ -31,6 +31,7 @@ from emu.microbatch import Layout, new_caches
 from emu.plan import RunPlan
 from emu.timing import PhaseClock
 from emu.transport import Pending, Transport
+from moe.model.fp8 import wire_bytes_per_token
 from moe.spec.schema import Scenario
 
 
@@ -119,6 +120,14 @@ class RankRuntime:
                 self._arrived(ex, src)
         elif kind == "result":
             self.exchanges[key].results_missing.discard(p.meta[2])
+        elif kind == "sent":
+            self._release_send(self.exchanges[key])
+
+    def _release_send(self, ex: dp.Exchange) -> None:
+        """Hand the payload buffer back once MPI and the local shard are done with it."""
+        if ex.send_buf is not None and self.tr.rank not in ex.shard_bufs and all(p.done for p in ex.sends):
+            self.tr.give_buffer(ex.send_buf)
+            ex.send_buf = None
 
     def _check_counts(self, ex: dp.Exchange) -> None:
         """Once an exchange's counts are in, post its shard receives."""
@@ -157,9 +166,12 @@ class RankRuntime:
                                          self.sched.dispatch_dtype, self.sched.combine_dtype, self.device)
         k = self.cfg.top_k
         self.stats.requests_J[layer - self.cfg.dense_layers] += int((meta_MC[:, :k] >= 0).sum())
+        self.tr.give_buffer(wire_MW)  # compute_shard copied what it needed out of the receive buffers
+        self.tr.give_buffer(meta_MC)
         sent = dp.send_result(self.tr, ex, src, result_MV)
         if sent is not None:
             self.pending.append(sent)
+        self._release_send(ex)
         return True
 
     def _combine_ready(self) -> bool:
@@ -172,6 +184,8 @@ class RankRuntime:
                 maybe_fail(self.opts, self.tr.rank, "combine", self.opts.timeout_s)
             with self.clock.span("combine", layer, i):
                 routed_TD = dp.combine_rows(ex, st.x_TD.shape[0], self.device)
+                for buf in ex.result_bufs.values():
+                    self.tr.give_buffer(buf)
                 out = st.x_TD.float() + routed_TD
                 if st.shared_TD is not None:
                     out = out + st.shared_TD.float()
@@ -231,11 +245,15 @@ class RankRuntime:
         key = j * len(self.mbs) + i
         plan = dp.plan_dispatch(key, r.slot_TK[rows], r.keep_TK[rows], w_TK, self.slots, self.tr.size)
         self.stats.pair_rows_JR[j] += plan.counts_R
+        n, w = len(plan.token_N), wire_bytes_per_token(self.cfg.hidden, self.sched.dispatch_dtype)
         with self.clock.span("dispatch", layer, i):
-            wire_NW = dp.pack_rows(z_TD, plan, self.sched.dispatch_dtype)
+            # pooled: MPI reuses its registration of the buffer and no page faults are paid per layer
+            out = self.tr.take_buffer(n * w).view(n, w) if z_TD.device == self.tr.device else None
+            wire_NW = dp.pack_rows(z_TD, plan, self.sched.dispatch_dtype, out)
         if self.fault_armed:
             maybe_fail(self.opts, self.tr.rank, "dispatch", self.opts.timeout_s)
         ex = dp.Exchange(key, plan, self.cfg.hidden, self.sched.dispatch_dtype, self.sched.combine_dtype)
+        ex.send_buf = out
         self.exchanges[key] = ex
         self.pending += dp.post_dispatch(self.tr, ex, wire_NW)
         if self.tr.rank in ex.shard_parts:

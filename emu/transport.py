@@ -17,7 +17,6 @@ aborts the whole job (`emu.faults`).
 
 from __future__ import annotations
 
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -31,13 +30,20 @@ from moe.errors import RunFailure
 
 T = TypeVar("T")
 
-SPIN_POLLS = 200
-"""Polls between yields before a waiting rank starts to sleep: spinning keeps latency low when every
-rank has a core; sleeping frees the core when ranks are oversubscribed (16 ranks on 2 cores)."""
+SPIN_S = 20e-3
+"""How long a waiting rank polls without sleeping (yielding the core between polls). MPI libraries move
+large messages only inside their calls (the progress engine), so a sleeping rank stalls its transfers;
+spinning keeps them moving and latency low when every rank has a core. After SPIN_S the rank sleeps, which
+frees the core when ranks are oversubscribed (16 ranks on 2 cores) or a peer is slow. (Yielding between
+polls instead measured 2-5x slower exchanges on a loaded host: a yield gives up a whole time slice.)"""
 SLEEP_MIN_S = 20e-6
 SLEEP_MAX_S = 1e-3
 """Sleep between polls grows geometrically from SLEEP_MIN_S to SLEEP_MAX_S while nothing completes, so an
 idle rank costs little CPU and notices a completion within about 1 ms."""
+
+
+MIN_POOLED_BYTES = 4096
+"""Smallest pooled buffer (one page)."""
 
 
 class WaitTimeout(RunFailure):
@@ -70,11 +76,11 @@ class CountsExchange:
         return all(p.done for p in self.pending)
 
 
-def poll_until(test: Callable[[], T | None], timeout_s: float, what: str, rank: int) -> T:
-    """Call `test` until it returns something other than None, at most `timeout_s` seconds (spin, then
-    sleep with back-off; constants above). Raises WaitTimeout naming the rank and `what`."""
+def poll_until(test: Callable[[], T | None], timeout_s: float, what: str, rank: int, spin_s: float = SPIN_S) -> T:
+    """Call `test` until it returns something other than None, at most `timeout_s` seconds (busy polls for
+    `spin_s`, then sleeps with back-off; constants above). Raises WaitTimeout naming the rank and `what`."""
     start = time.monotonic()
-    polls, sleep_s = 0, SLEEP_MIN_S
+    sleep_s = SLEEP_MIN_S
     while True:
         out = test()
         if out is not None:
@@ -82,9 +88,8 @@ def poll_until(test: Callable[[], T | None], timeout_s: float, what: str, rank: 
         waited = time.monotonic() - start
         if waited > timeout_s:
             raise WaitTimeout(f"rank {rank}: timed out after {timeout_s:g} s waiting for {what}")
-        polls += 1
-        if polls < SPIN_POLLS:
-            os.sched_yield()
+        if waited < spin_s:
+            continue  # busy poll: a yield hands the core to any runnable process for a whole time slice
         else:
             time.sleep(sleep_s)
             sleep_s = min(SLEEP_MAX_S, sleep_s * 2)
@@ -98,6 +103,8 @@ class Transport(ABC):
     device: torch.device
     """Where buffers handed to this transport must live (host memory for MPI)."""
     name: str = "transport"
+    spin_s: float = SPIN_S
+    """Busy-poll time of a wait before sleeping; the job sets 0 when its ranks outnumber the cores."""
     busy_s: float = 0.0
     """Seconds spent inside the library's calls outside bounded waits (posting, testing)."""
     _waiting: bool = False
@@ -122,7 +129,7 @@ class Transport(ABC):
             raise ValueError(f"rank {self.rank}: wait_any on {what}: nothing is in flight")
         self._waiting = True
         try:
-            return poll_until(lambda: self.test_some(pending) or None, timeout_s, what, self.rank)
+            return poll_until(lambda: self.test_some(pending) or None, timeout_s, what, self.rank, self.spin_s)
         finally:
             self._waiting = False
 
@@ -133,7 +140,7 @@ class Transport(ABC):
             return True if all(p.done for p in pending) else None
         self._waiting = True
         try:
-            poll_until(test, timeout_s, what, self.rank)
+            poll_until(test, timeout_s, what, self.rank, self.spin_s)
         finally:
             self._waiting = False
 
@@ -180,6 +187,31 @@ class Transport(ABC):
     @abstractmethod
     def now(self) -> float:
         """Seconds on this rank's clock (MPI.Wtime for MPI)."""
+
+    # ------------------------------------------------------------------------------ buffer pool
+    def take_buffer(self, nbytes: int) -> torch.Tensor:
+        """A uint8 buffer of `nbytes` on this transport's device, reused from released ones. Measured on
+        the 2-core dev box (MPICH shared memory): a fresh host buffer of 1 MB costs about 0.3 ms of page
+        faults when MPI first writes it, several times the transfer itself, so receive buffers are
+        recycled; and a 16 MB transfer between buffers without transparent huge pages takes 3-4x longer
+        than between huge-page buffers, so host buffers come from numpy, which advises huge pages for
+        large arrays (torch does so only with THP_MEM_ALLOC_ENABLE=1, which `emu.launch` sets).
+        Capacities are powers of two (at least MIN_POOLED_BYTES)."""
+        cap = max(MIN_POOLED_BYTES, 1 << max(0, nbytes - 1).bit_length())
+        free = self.__dict__.setdefault("_free", {}).setdefault(cap, [])
+        if free:
+            base = free.pop()
+        elif self.device.type == "cpu":  # numpy asks the kernel for huge pages (madvise) on large arrays
+            base = torch.from_numpy(np.empty(cap, dtype=np.uint8))
+        else:
+            base = torch.empty(cap, dtype=torch.uint8, device=self.device)
+        return base[:nbytes]
+
+    def give_buffer(self, buf: torch.Tensor) -> None:
+        """Return a buffer from `take_buffer` (or any view of it) once nothing reads or writes it."""
+        base = buf._base if buf._base is not None else buf
+        if base.dim() == 1 and base.dtype == torch.uint8 and base.numel() >= MIN_POOLED_BYTES:
+            self.__dict__.setdefault("_free", {}).setdefault(base.numel(), []).append(base)
 
     # ---------------------------------------------------------------------------- host hand-off
     def to_wire(self, t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""The emulator's shard exchange against OSU-style Isend/Irecv bandwidth, measured in the same run.
+
+    .venv/bin/mpiexec -n 2 .venv/bin/python benchmarks/emu_exchange.py [--quick]
+
+Shape letters: R ranks, N rows sent by a rank, W bytes per row (FP8 hidden 7168 + scales: 7,392 B, the
+`paper` model's dispatch row), C = 2K meta columns.
+
+For each shard size S (bytes of payload one rank sends to each other rank) it measures
+- emu: one dispatch exchange through `emu.dispatch` exactly as a MoE layer runs it: counts exchange,
+  Isend of payload and meta shards, Irecv posted when the counts arrive, completion through the
+  Transport's bounded waits; time from a barrier to the last shard in, slowest rank; payload bytes per
+  direction per second;
+- osu_bibw: OSU bidirectional bandwidth (both ranks post a window of 64 Irecvs and 64 Isends of S bytes,
+  Waitall), bytes per direction per second (emu.calibrate.osu_bibw_GBps). With 2 ranks both patterns
+  move S bytes each way per shard;
+and prints the ratio. The issue's target: emu >= 70% of osu_bibw for S >= 1 MB. Median of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from emu import dispatch as dp
+from emu.calibrate import WINDOW
+from emu.mpi_transport import MPITransport
+
+ROW_BYTES = 7168 + 56 * 4  # paper model: 7,168 FP8 bytes + 56 float32 scales per token
+TOP_K = 8
+TIMEOUT_S = 60.0
+
+
+def synthetic_plan(key: int, rows_per_peer: int, ranks: int) -> dp.SendPlan:
+    """rows_per_peer rows to every rank (itself included, handled locally as in a run)."""
+    n = rows_per_peer * ranks
+    counts_R = np.full(ranks, rows_per_peer, dtype=np.int64)
+    meta = torch.zeros(n, 2 * TOP_K, dtype=torch.int32)
+    return dp.SendPlan(key=key, token_N=torch.arange(n), counts_R=counts_R,
+                       offsets_R1=np.concatenate([[0], np.cumsum(counts_R)]), meta_NC=meta)
+
+
+def emu_exchange_s(tr: MPITransport, rows_per_peer: int, key: int) -> float:
+    """One dispatch exchange on every rank; seconds from the barrier until this rank has every shard."""
+    plan = synthetic_plan(key, rows_per_peer, tr.size)
+    n = len(plan.token_N)
+    wire_NW = tr.take_buffer(n * ROW_BYTES).view(n, ROW_BYTES)  # pack_rows fills a pooled buffer in a run
+    ex = dp.Exchange(key, plan, hidden=7168, dispatch_dtype="fp8", combine_dtype="bf16")
+    tr.barrier(TIMEOUT_S)
+    start = MPI.Wtime()
+    pending = dp.post_dispatch(tr, ex, wire_NW)
+    for p in pending:  # only dispatch is timed here: withdraw the combine receives it posted
+        if p.meta and p.meta[0] == "result":
+            p.handle.Cancel()
+            p.handle.Wait()
+            tr.give_buffer(p.buf)
+    pending = [p for p in pending if not (p.meta and p.meta[0] == "result")]
+    while True:
+        done = tr.test_some(pending)
+        if not ex.receives_posted and ex.counts.complete:
+            pending += dp.post_receives(tr, ex, TOP_K)
+        if ex.receives_posted and all(p.done for p in pending):
+            break
+        if not done:
+            tr.wait_any(pending, TIMEOUT_S, "exchange shards")
+    elapsed = MPI.Wtime() - start
+    tr.give_buffer(wire_NW)
+    for src, (wire, meta) in ex.shard_bufs.items():  # the runtime hands these back after computing them
+        if src != tr.rank:
+            tr.give_buffer(wire)
+            tr.give_buffer(meta)
+    return elapsed
+
+
+def osu_bibw_window_s(comm, send, recv, nbytes: int) -> float:
+    """One osu_bibw iteration between ranks 0 and 1: a window of WINDOW Irecvs and Isends of `nbytes` each
+    way, Waitall; seconds from a barrier, slowest of the two."""
+    peer = 1 - comm.rank
+    comm.Barrier()
+    start = MPI.Wtime()
+    reqs = [comm.Irecv(recv[i * nbytes:(i + 1) * nbytes], peer, 9) for i in range(WINDOW)]
+    reqs += [comm.Isend(send[i * nbytes:(i + 1) * nbytes], peer, 9) for i in range(WINDOW)]
+    MPI.Request.Waitall(reqs)
+    return comm.allreduce(MPI.Wtime() - start, op=MPI.MAX)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    comm = MPI.COMM_WORLD
+    if comm.size != 2:
+        raise SystemExit("run with mpiexec -n 2 (osu_bibw is a two-rank benchmark)")
+    tr = MPITransport(comm)
+    sizes = [1 << 16, 1 << 20, 1 << 22] if args.quick else [1 << p for p in range(16, 25, 2)]
+    if comm.rank == 0:
+        print(f"# emu exchange vs osu_bibw, 2 ranks, {ROW_BYTES} B rows, window {WINDOW}, "
+              f"{args.repeats} interleaved repeats; best (median) GB/s per direction")
+        print(f"{'shard bytes':>12} {'emu GB/s':>16} {'osu_bibw GB/s':>16} {'emu/osu best':>13} {'(median)':>9}")
+    key = 0
+    for size in sizes:
+        rows = max(1, size // ROW_BYTES)
+        payload = rows * ROW_BYTES
+        send = np.zeros(payload * WINDOW, dtype=np.uint8)
+        recv = np.zeros(payload * WINDOW, dtype=np.uint8)
+        emu_s, osu_s = [], []
+        for rep in range(args.repeats + 1):  # repeat 0 warms both up
+            e = comm.allreduce(emu_exchange_s(tr, rows, key % dp.MAX_KEY), op=MPI.MAX)
+            o = osu_bibw_window_s(comm, send, recv, payload) / WINDOW
+            key += 1
+            if rep:
+                emu_s.append(e)
+                osu_s.append(o)
+        best = (payload / min(emu_s) / 1e9, payload / min(osu_s) / 1e9)
+        med = (payload / statistics.median(emu_s) / 1e9, payload / statistics.median(osu_s) / 1e9)
+        if comm.rank == 0:
+            print(f"{payload:>12,} {best[0]:>7.3f} ({med[0]:>6.3f}) {best[1]:>7.3f} ({med[1]:>6.3f}) "
+                  f"{best[0] / best[1]:>13.0%} {med[0] / med[1]:>9.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
