@@ -30,7 +30,7 @@ from moe.errors import RunFailure
 
 T = TypeVar("T")
 
-SPIN_S = 20e-3
+SPIN_S = 5e-3
 """How long a waiting rank polls without sleeping (yielding the core between polls). MPI libraries move
 large messages only inside their calls (the progress engine), so a sleeping rank stalls its transfers;
 spinning keeps them moving and latency low when every rank has a core. After SPIN_S the rank sleeps, which

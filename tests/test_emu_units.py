@@ -1,0 +1,103 @@
+"""Pieces of the emulator that need no second rank: token grouping against moe.traffic, bounded waits,
+the buffer pool, the report's figures, the launcher's environment detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emu import dispatch as dp
+from emu.launch import launched_size, spec_for_child
+from emu.transport import WaitTimeout, poll_until
+from moe.spec import load_scenario
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=st.integers(1, 40), k=st.integers(1, 4), ranks=st.integers(1, 6), slots=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_plan_groups_distinct_tokens_per_destination(t, k, ranks, slots, seed):
+    rng = np.random.default_rng(seed)
+    slot_TK = rng.integers(0, ranks * slots, size=(t, k)).astype(np.int32)
+    keep_TK = rng.random((t, k)) > 0.2
+    w_TK = torch.from_numpy(rng.random((t, k)).astype(np.float32))
+    plan = dp.plan_dispatch(3, slot_TK, keep_TK, w_TK, slots, ranks)
+    for d in range(ranks):
+        rows = plan.rows_to(d)
+        expect = sorted({i for i in range(t) for j in range(k) if keep_TK[i, j] and slot_TK[i, j] // slots == d})
+        assert plan.token_N[rows].tolist() == expect  # distinct tokens, ascending: moe.traffic's count
+        meta = plan.meta_NC[rows]
+        for r, tok in enumerate(expect):
+            for j in range(k):
+                here = keep_TK[tok, j] and slot_TK[tok, j] // slots == d
+                assert meta[r, j] == (slot_TK[tok, j] % slots if here else -1)
+            assert torch.equal(meta[r, k:].view(torch.float32), w_TK[tok])
+    assert plan.counts_R.sum() == len(plan.token_N)
+
+
+def test_compute_shard_weights_each_local_expert():
+    """Rows that chose two local experts get w1 f1(x) + w2 f2(x); other choices are ignored."""
+
+    class Block:
+        def expert_forward(self, expert, x):
+            return (x.dequantize(torch.float32) if hasattr(x, "q_TD") else x.float()) * (expert + 1)
+
+    x = torch.tensor([[1.0] * 128, [2.0] * 128])
+    wire = dp.pack(x, "bf16")
+    meta = torch.tensor([[0, 1, -1, 0, 0, 0], [-1, 1, 0, 0, 0, 0]], dtype=torch.int32)
+    meta[:, 3:] = torch.tensor([[0.5, 0.25, 9.0], [9.0, 1.0, 2.0]]).view(torch.int32)
+    out = dp.unpack(dp.compute_shard(Block(), [4, 7], wire, meta, 128, "bf16", "bf16", torch.device("cpu")),
+                    128, "bf16")
+    assert torch.allclose(out[0].float(), torch.full((128,), 0.5 * 5 + 0.25 * 8))
+    assert torch.allclose(out[1].float(), torch.full((128,), 2.0 * (1.0 * 8 + 2.0 * 5)))
+
+
+def test_tags_stay_below_the_collective_tags():
+    assert dp.tag(dp.MAX_KEY, dp.KIND_RESULT) < 32000
+    with pytest.raises(ValueError, match="too many layers"):
+        dp.tag(dp.MAX_KEY + 1, 0)
+
+
+def test_poll_until_times_out_naming_the_rank_and_what():
+    with pytest.raises(WaitTimeout, match="rank 3: timed out after 0.05 s waiting for shards from rank 1"):
+        poll_until(lambda: None, 0.05, "shards from rank 1", 3, spin_s=0.01)
+    assert poll_until(lambda: 7, 1.0, "x", 0) == 7
+
+
+def test_buffer_pool_reuses_released_buffers():
+    from mpi4py import MPI
+
+    from emu.mpi_transport import MPITransport
+
+    tr = MPITransport(MPI.COMM_SELF)
+    a = tr.take_buffer(5000)
+    assert a.numel() == 5000 and a.dtype == torch.uint8
+    tr.give_buffer(a.view(torch.int32))  # any view of it
+    b = tr.take_buffer(7000)  # same power-of-two capacity (8192)
+    assert b.data_ptr() == a.data_ptr()
+    assert tr.take_buffer(7000).data_ptr() != a.data_ptr()  # b is still taken
+
+
+def test_launcher_detects_mpiexec_environments(monkeypatch):
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_UNIVERSE_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert launched_size() is None
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "8")
+    assert launched_size() == 8
+
+
+def test_child_spec_is_self_contained(tmp_path):
+    """A profile named by a relative path is replaced by explicit values the child can load anywhere."""
+    from moe.profile import write_profile
+    from moe.spec.loader import load_preset
+
+    write_profile(tmp_path / "prof.yaml", {**load_preset("cluster", "cpu-host"), "gpus_per_node": 2,
+                                           "nvlink_GBps": 3.5})
+    (tmp_path / "s.yaml").write_text("model: {preset: tiny}\ncluster: {preset: prof.yaml}\n"
+                                     "placement: {strategy: contiguous}\nworkload: {tokens_per_gpu: 16}\n")
+    s = load_scenario(tmp_path / "s.yaml")
+    child = load_scenario(spec_for_child(s))
+    assert child.cluster.nvlink_GBps == 3.5 and child.cluster.gpus == 2
+    assert child.model == s.model and child.workload == s.workload
