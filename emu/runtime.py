@@ -166,8 +166,9 @@ class RankRuntime:
                                          self.sched.dispatch_dtype, self.sched.combine_dtype, self.device)
         k = self.cfg.top_k
         self.stats.requests_J[layer - self.cfg.dense_layers] += int((meta_MC[:, :k] >= 0).sum())
-        self.tr.give_buffer(wire_MW)  # compute_shard copied what it needed out of the receive buffers
-        self.tr.give_buffer(meta_MC)
+        if src != self.tr.rank:  # compute_shard copied what it needed out of the receive buffers
+            self.tr.give_buffer(wire_MW)
+            self.tr.give_buffer(meta_MC)
         sent = dp.send_result(self.tr, ex, src, result_MV)
         if sent is not None:
             self.pending.append(sent)
@@ -184,8 +185,9 @@ class RankRuntime:
                 maybe_fail(self.opts, self.tr.rank, "combine", self.opts.timeout_s)
             with self.clock.span("combine", layer, i):
                 routed_TD = dp.combine_rows(ex, st.x_TD.shape[0], self.device)
-                for buf in ex.result_bufs.values():
-                    self.tr.give_buffer(buf)
+                for dst, buf in ex.result_bufs.items():
+                    if dst != self.tr.rank:
+                        self.tr.give_buffer(buf)
                 out = st.x_TD.float() + routed_TD
                 if st.shared_TD is not None:
                     out = out + st.shared_TD.float()

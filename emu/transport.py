@@ -198,20 +198,24 @@ class Transport(ABC):
         large arrays (torch does so only with THP_MEM_ALLOC_ENABLE=1, which `emu.launch` sets).
         Capacities are powers of two (at least MIN_POOLED_BYTES)."""
         cap = max(MIN_POOLED_BYTES, 1 << max(0, nbytes - 1).bit_length())
-        free = self.__dict__.setdefault("_free", {}).setdefault(cap, [])
+        pool = self.__dict__.setdefault("_pool", {"free": {}, "taken": {}})
+        free = pool["free"].setdefault(cap, [])
         if free:
             base = free.pop()
         elif self.device.type == "cpu":  # numpy asks the kernel for huge pages (madvise) on large arrays
             base = torch.from_numpy(np.empty(cap, dtype=np.uint8))
         else:
             base = torch.empty(cap, dtype=torch.uint8, device=self.device)
+        pool["taken"][base.data_ptr()] = base
         return base[:nbytes]
 
     def give_buffer(self, buf: torch.Tensor) -> None:
-        """Return a buffer from `take_buffer` (or any view of it) once nothing reads or writes it."""
-        base = buf._base if buf._base is not None else buf
-        if base.dim() == 1 and base.dtype == torch.uint8 and base.numel() >= MIN_POOLED_BYTES:
-            self.__dict__.setdefault("_free", {}).setdefault(base.numel(), []).append(base)
+        """Return a buffer from `take_buffer` (or any view of it that starts at its first byte) once
+        nothing reads or writes it; other tensors are ignored."""
+        pool = self.__dict__.setdefault("_pool", {"free": {}, "taken": {}})
+        base = pool["taken"].pop(buf.data_ptr(), None)
+        if base is not None:
+            pool["free"].setdefault(base.numel(), []).append(base)
 
     # ---------------------------------------------------------------------------- host hand-off
     def to_wire(self, t: torch.Tensor) -> torch.Tensor:
