@@ -95,9 +95,10 @@ def attention_core_s(cluster: Cluster, model: Model, rows: float, keys: float, t
     else:
         qk, v = a.head_dim + a.rope_dim if a.kind == "mla" else a.head_dim, a.v_head_dim
         cache_bytes = rows * keys * h * (a.head_dim + a.v_head_dim) * DTYPE_BYTES[a.kv_dtype]
-    # per-query products as GEMMs with the same flops: (rows x h*qk) @ (h*qk x keys), then (rows x keys) @ (keys x h*v)
-    compute = float(gemm_time_s(cluster, rows, h * qk, max(keys, 1.0), "bf16")
-                    + gemm_time_s(cluster, rows, max(int(keys), 1), h * v, "bf16"))
+    # per head and query: (1 x qk) @ (qk x keys), then (1 x keys) @ (keys x v); batched over heads and rows,
+    # as FlashAttention / FlashMLA do, they are GEMMs of rows*h rows
+    compute = float(gemm_time_s(cluster, rows * h, qk, max(keys, 1.0), "bf16")
+                    + gemm_time_s(cluster, rows * h, max(keys, 1.0), v, "bf16"))
     if phase == "decode":
         return max(compute, float(memory_time_s(cluster, cache_bytes)))
     return compute

@@ -6,7 +6,6 @@ Records are columnar (one array per field) so a step of 1024 GPUs x 61 layers st
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -32,31 +31,28 @@ COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_E
 NAMES = {op: op.name.lower() for op in Op}
 
 
-@dataclass
 class SpanLog:
-    """Compute spans: (gpu, layer, micro-batch, op, start, end), one row per append."""
+    """Compute spans: (gpu, layer, micro-batch, op, start, end) rows, appended as tuples (cheap) and read
+    back as columns."""
 
-    gpu: array = field(default_factory=lambda: array("i"))
-    layer: array = field(default_factory=lambda: array("i"))
-    mb: array = field(default_factory=lambda: array("i"))
-    op: array = field(default_factory=lambda: array("b"))
-    start: array = field(default_factory=lambda: array("d"))
-    end: array = field(default_factory=lambda: array("d"))
+    FIELDS = ("gpu", "layer", "mb", "op", "start", "end")
+
+    def __init__(self):
+        self.rows: list[tuple[int, int, int, int, float, float]] = []
+        self.add_row = self.rows.append  # add_row((gpu, layer, mb, op, start, end))
 
     def add(self, gpu: int, layer: int, mb: int, op: int, start: float, end: float) -> None:
-        self.gpu.append(gpu)
-        self.layer.append(layer)
-        self.mb.append(mb)
-        self.op.append(op)
-        self.start.append(start)
-        self.end.append(end)
+        self.rows.append((gpu, layer, mb, int(op), start, end))
 
     def columns(self) -> dict[str, np.ndarray]:
-        return {name: np.frombuffer(getattr(self, name), dtype=getattr(self, name).typecode)
-                for name in ("gpu", "layer", "mb", "op", "start", "end")}
+        if not self.rows:
+            return {f: np.zeros(0, dtype=np.float64 if f in ("start", "end") else np.int64) for f in self.FIELDS}
+        table = np.array(self.rows, dtype=np.float64)
+        return {f: (table[:, i] if f in ("start", "end") else table[:, i].astype(np.int64))
+                for i, f in enumerate(self.FIELDS)}
 
     def __len__(self) -> int:
-        return len(self.gpu)
+        return len(self.rows)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ combine start), never one per flow or token. Everything that happens is appended
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,50 +68,64 @@ class Executor:
         self.comm_offset = 1 if plan.overlap else 0
         self.pending: dict[tuple[int, int, int], _Pending] = {}
         self.gpu_end = [0.0] * g
+        # per pattern, per GPU, as Python lists (the processes read them millions of times)
+        self.d_arrive = [t.arrive_GC.tolist() for t in plan.dispatch]
+        self.c_arrive = [t.arrive_GC.tolist() for t in plan.combine]
+        self.c_share = []
+        for t in plan.combine:
+            share = t.share_GC.copy()
+            share[share.sum(axis=1) <= 0] = 1.0 / share.shape[1]
+            self.c_share.append(share.tolist())
+        self.runs = [r.tolist() for r in plan.expert_GCC1]
 
     # ------------------------------------------------------------------------------------- helpers
-    def _issue(self, g: int, ready: float, layer: int, mb: int, parts: list[tuple[Op, float]]) -> float:
+    def _issue(self, g: int, ready: float, layer: int, mb: int, parts: list[tuple[int, float]]) -> float:
         """Reserve the compute stream for consecutive ops from `ready`; log them; return the end."""
-        t = max(ready, self.free[2 * g])
-        log = self.record.spans
+        free = self.free
+        t = ready if ready > free[2 * g] else free[2 * g]
+        add = self.record.spans.add_row
         for op, dur in parts:
             if dur > 0:
-                log.add(g, layer, mb, op, t, t + dur)
+                add((g, layer, mb, op, t, t + dur))
                 t += dur
-        self.free[2 * g] = t
+        free[2 * g] = t
         return t
 
-    def _issue_chunks(self, g: int, ready_C, dur_C, layer: int, mb: int, op: Op, tail: list[tuple[Op, float]]) -> float:
+    def _issue_chunks(self, g: int, ready_C, dur_C, layer: int, mb: int, op: int,
+                      tail: list[tuple[int, float]]) -> float:
         """A persistent block on the compute stream: chunk c starts when it has arrived and the previous
         chunk is done; `tail` ops follow. Returns the end."""
         t = self.free[2 * g]
-        log = self.record.spans
+        add = self.record.spans.add_row
         for ready, dur in zip(ready_C, dur_C, strict=True):
-            t = max(t, ready)
+            if ready > t:
+                t = ready
             if dur > 0:
-                log.add(g, layer, mb, op, t, t + dur)
+                add((g, layer, mb, op, t, t + dur))
                 t += dur
         for top, dur in tail:
             if dur > 0:
-                log.add(g, layer, mb, top, t, t + dur)
+                add((g, layer, mb, top, t, t + dur))
                 t += dur
         self.free[2 * g] = t
         return t
 
-    def _issue_runs(self, g: int, ready_C, runs, layer: int, mb: int, op: Op) -> float:
-        """Like `_issue_chunks`, but every kernel takes all the chunks that have landed when it starts
-        (runs[i][j]: seconds for chunks i..j-1 as one kernel)."""
+    def _issue_runs(self, g: int, start: float, offset_C, runs, layer: int, mb: int, op: int) -> float:
+        """Like `_issue_chunks` for chunks landing at start + offset_C, but every kernel takes all the
+        chunks that have landed when it starts (runs[i][j]: seconds for chunks i..j-1 as one kernel)."""
         t = self.free[2 * g]
-        log = self.record.spans
-        i, n = 0, len(ready_C)
+        add = self.record.spans.add_row
+        i, n = 0, len(offset_C)
         while i < n:
-            t = max(t, ready_C[i])
+            ready = start + offset_C[i]
+            if ready > t:
+                t = ready
             j = i + 1
-            while j < n and ready_C[j] <= t:
+            while j < n and start + offset_C[j] <= t:
                 j += 1
             dur = runs[i][j]
             if dur > 0:
-                log.add(g, layer, mb, op, t, t + dur)
+                add((g, layer, mb, op, t, t + dur))
                 t += dur
             i = j
         self.free[2 * g] = t
@@ -123,14 +138,13 @@ class Executor:
         if p is None:
             p = self.pending[key] = _Pending(self.env)
         p.count += 1
-        p.last_join = max(p.last_join, now)
+        if now > p.last_join:
+            p.last_join = now
         if p.count == self.plan.gpus:
             del self.pending[key]
             free, off = self.free, self.comm_offset
-            engines_free = max(free[off::2])
-            start = max(p.last_join, engines_free) + timing.sync_s
-            done = (start + timing.done_G).tolist()
-            free[off::2] = done
+            start = max(p.last_join, max(free[off::2])) + timing.sync_s
+            free[off::2] = (start + timing.done_G).tolist()
             self.record.collectives.append(CollectiveRecord(layer=layer, mb=mb, op=op, pattern=pattern,
                                                             last_join_s=p.last_join, start_s=start))
             p.event.succeed(start)
@@ -139,35 +153,36 @@ class Executor:
     # ------------------------------------------------------------------------------------- process
     def _micro_batch(self, g: int, mb: int):
         env, plan, c = self.env, self.plan, self.plan.costs
-        pre = [(Op.ATTENTION, c.attention_s), (Op.ATTENTION_TP, c.attention_tp_comm_s)]
+        att, tp = int(Op.ATTENTION), int(Op.ATTENTION_TP)
+        pre = [(att, c.attention_s), (tp, c.attention_tp_comm_s)]
+        dense_post = [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)]
+        moe_post = [(int(Op.GATE), c.gate_s)]
+        shared = [(int(Op.SHARED_EXPERT), c.shared_expert_s)]
+        expert = int(Op.EXPERT)
         ready_C = None  # arrivals of the previous combine (absolute times), None before the first layer
         share_C = [1.0]  # token share of each arrival
         for layer, pattern in enumerate(plan.moe_layer_pattern):
-            post = [(Op.DENSE_FFN, c.dense_ffn_s), (Op.ATTENTION_TP, c.attention_tp_comm_s)] if pattern < 0 \
-                else [(Op.GATE, c.gate_s)]
+            post = dense_post if pattern < 0 else moe_post
             if ready_C is None:
                 end = self._issue(g, env.now, layer, mb, pre + post)
             elif plan.layer_pipeline:
-                end = self._issue_chunks(g, ready_C, [c.attention_s * s for s in share_C], layer, mb, Op.ATTENTION,
-                                         [(Op.ATTENTION_TP, c.attention_tp_comm_s)] + post)
+                end = self._issue_chunks(g, ready_C, [c.attention_s * s for s in share_C], layer, mb, att,
+                                         [(tp, c.attention_tp_comm_s)] + post)
             else:
                 end = self._issue(g, ready_C[-1], layer, mb, pre + post)
             yield env.timeout(end - env.now)
             if pattern < 0:
                 ready_C, share_C = [end], [1.0]
                 continue
-            dispatch = plan.dispatch[pattern]
-            ev = self._join(layer, mb, Op.DISPATCH, pattern, dispatch, env.now)
-            self._issue(g, env.now, layer, mb, [(Op.SHARED_EXPERT, c.shared_expert_s)])
+            ev = self._join(layer, mb, Op.DISPATCH, pattern, plan.dispatch[pattern], env.now)
+            self._issue(g, env.now, layer, mb, shared)
             start = yield ev
-            arrive = (start + dispatch.arrive_GC[g]).tolist()
-            end = self._issue_runs(g, arrive, plan.expert_GCC1[pattern][g].tolist(), layer, mb, Op.EXPERT)
-            yield env.timeout(max(end - env.now, 0.0))
-            combine = plan.combine[pattern]
-            start = yield self._join(layer, mb, Op.COMBINE, pattern, combine, env.now)
-            ready_C = (start + combine.arrive_GC[g]).tolist()
-            share_C = combine.share_GC[g].tolist() if combine.share_GC[g].sum() > 0 \
-                else [1.0 / len(ready_C)] * len(ready_C)
+            end = self._issue_runs(g, start, self.d_arrive[pattern][g], self.runs[pattern][g], layer, mb, expert)
+            if end > env.now:
+                yield env.timeout(end - env.now)
+            start = yield self._join(layer, mb, Op.COMBINE, pattern, plan.combine[pattern], env.now)
+            ready_C = [start + a for a in self.c_arrive[pattern][g]]
+            share_C = self.c_share[pattern][g]
         last = max(ready_C[-1], self.free[2 * g], self.free[2 * g + self.comm_offset])
         self.gpu_end[g] = max(self.gpu_end[g], last)
 
@@ -176,7 +191,15 @@ class Executor:
         for g in range(plan.gpus):
             for mb in range(plan.micro_batches):
                 self.env.process(self._micro_batch(g, mb))
-        self.env.run()
+        # the run allocates millions of short-lived objects and no reference cycles: the cyclic garbage
+        # collector would rescan the growing span log over and over
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self.env.run()
+        finally:
+            if enabled:
+                gc.enable()
         if self.pending:  # every GPU joins every collective; a leftover means a bug in the plan
             raise RuntimeError(f"{len(self.pending)} collectives never started")
         self.record.gpu_end = list(self.gpu_end)

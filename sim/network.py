@@ -37,13 +37,18 @@ from moe.topology import Topology
 from moe.traffic import Flows
 from sim.maxmin import simulate_flows
 
-FLOW_BATCH_RTOL = 0.01
-"""Finishes within 1% of the elapsed phase time are one solver step (sim.maxmin docstring)."""
-FLOW_RATE_RTOL = 0.001
-"""Links within 0.1% of the bottleneck share saturate in the same progressive-filling round."""
+FLOW_BATCH_RTOL = 0.05
+"""Finishes within 5% of the elapsed phase time are one solver step (sim.maxmin docstring)."""
+FLOW_RATE_RTOL = 0.01
+"""Links within 1% of the bottleneck level saturate in the same progressive-filling round. With both
+tolerances, per-GPU completion of the `paper` EP256 dispatch is within 1% of the exact solution (753
+max-min computations exact, 5 here); see tests/test_sim_network.py."""
 SIZE_WEIGHTED = True
-"""Flows share links in proportion to their sizes (weighted max-min, weight = bytes): a kernel walks its
-tokens in order and sends each to all of its destinations, so its flows progress together."""
+"""Flows share links in proportion to their sizes (weighted max-min, weight = bytes of the flow): a kernel
+walks its tokens in order (its channels split the tokens, not the destinations) and sends each token to
+all of its destinations, so a sender's flows progress in step rather than at equal rates, and so do the
+receive-side copies that follow them. Plain max-min would let a sender's many small NVLink copies
+starve its one RDMA copy at the copy engine, which the kernels do not do."""
 CHUNKS = 4
 """Arrival chunks per GPU: the receiver starts work on each quarter of its tokens as it arrives."""
 
@@ -66,6 +71,8 @@ class PhaseInput:
     capacity_L: np.ndarray
     physical_links: int
     """Links [0, physical_links) are the topology's; the rest are copy engines."""
+    link_bytes_L: np.ndarray
+    """Bytes each physical link carries in the phase (from the routes, before pruning)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,37 @@ def _local_copies(traffic, topo: Topology, direct: bool, kind: str, engines: boo
     return gpu[nz], tokens[nz], copies[nz], hop[nz], final[nz]
 
 
+def prune_unbinding(indptr_F1: np.ndarray, links_X: np.ndarray, capacity_L: np.ndarray):
+    """Routes without the links that can never be a bottleneck (fewer entries for the solver).
+
+    A link that is no route's first or last link, and whose routes start (or end) on links of total
+    capacity <= its own, carries at most its capacity whatever the rates, since those first (last) links
+    stay in the routes: e.g. the leaf uplink (downlink) of a non-oversubscribed fabric, fed by (feeding)
+    the NICs under the leaf. Routes are in path order: first and last entries are the sender's and the
+    receiver's links."""
+    lengths = np.diff(indptr_F1)
+    has = lengths > 0
+    flow_X = np.repeat(np.arange(len(lengths)), lengths)
+    first_F = np.full(len(lengths), -1)
+    last_F = np.full(len(lengths), -1)
+    first_F[has] = links_X[indptr_F1[:-1][has]]
+    last_F[has] = links_X[indptr_F1[1:][has] - 1]
+    links = len(capacity_L)
+    is_end = np.zeros(links, dtype=bool)  # first and last links bound the others and are never dropped
+    is_end[first_F[has]] = True
+    is_end[last_F[has]] = True
+    drop_L = np.zeros(links, dtype=bool)
+    for end_F in (first_F, last_F):
+        pairs = np.unique(links_X.astype(np.int64) * links + end_F[flow_X])
+        on, end = pairs // links, pairs % links
+        bound_L = np.bincount(on, weights=capacity_L[end], minlength=links)
+        drop_L |= (bound_L <= capacity_L * (1 + 1e-9)) & ~is_end & (bound_L > 0)
+    keep_X = ~drop_L[links_X]
+    new_indptr = np.zeros_like(indptr_F1)
+    np.cumsum(np.bincount(flow_X[keep_X], minlength=len(lengths)), out=new_indptr[1:])
+    return new_indptr, links_X[keep_X]
+
+
 def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: str, bytes_per_token: float,
                 scale: float = 1.0) -> PhaseInput:
     """Flows of a phase (kind "dispatch" or "combine"), bytes scaled by `scale` (a micro-batch's share),
@@ -141,7 +179,7 @@ def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: s
     same = topo.node_of(src) == topo.node_of(dst)
     final = np.ones(flows.count, dtype=bool) if direct else (hop == 1) | ((hop == 0) & same)
     capacity = topo.link_capacity_Bps
-    indptr, links = flows.link_indptr_F1, flows.link_ids_X
+    indptr, links = prune_unbinding(flows.link_indptr_F1, flows.link_ids_X, capacity)
     lgpu, ltok, lcopies, lhop, lfinal = _local_copies(traffic, topo, direct, kind, engines)
     if engines:
         capacity = np.concatenate([capacity, np.full(g, cluster.comm_copy_GBps * 1e9)])
@@ -155,8 +193,9 @@ def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: s
         link_X = np.concatenate([links, extra.ravel()])
         kept = link_X >= 0
         links = link_X[kept][np.argsort(flow_X[kept], kind="stable")]
+        lengths = np.diff(indptr) + extra_F
         indptr = np.zeros(len(src) + 1, dtype=np.int64)
-        np.cumsum(np.diff(flows.link_indptr_F1) + extra_F, out=indptr[1:])
+        np.cumsum(lengths, out=indptr[1:])
         local_links = np.repeat(engine + lgpu, lcopies)
     else:
         lcopies = np.zeros(len(lgpu), dtype=np.int64)
@@ -170,7 +209,7 @@ def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: s
         bytes_F=np.concatenate([flows.bytes_F.astype(np.float64), ltok * bytes_per_token]) * scale,
         hop_F=np.concatenate([hop, lhop]), final_F=np.concatenate([final, lfinal]), indptr_F1=indptr,
         links_X=links, latency_F=np.concatenate([flows.latency_s_F, np.zeros(n_local)]), capacity_L=capacity,
-        physical_links=topo.links)
+        physical_links=topo.links, link_bytes_L=flows.link_bytes_L * scale)
 
 
 def _posting_delay(src_F: np.ndarray, dst_F: np.ndarray, remote_F: np.ndarray, gpus: int, overhead_s: float):
@@ -230,7 +269,7 @@ def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_l
         end = float(busy_L[:physical].max(initial=0.0))
         seg_t = np.array([0.0, end])
         seg_bytes = load_L[None, :physical]
-        rounds, link_bytes = 1, load_L[:physical]
+        rounds = 1
     else:
         sol = simulate_flows(p.capacity_L, p.indptr_F1, p.links_X, p.bytes_F, batch_rtol=FLOW_BATCH_RTOL,
                              rate_rtol=FLOW_RATE_RTOL, record_segments=record_links,
@@ -238,7 +277,7 @@ def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_l
         last_F = sol.finish_F
         seg_t = sol.t_S1
         seg_bytes = sol.link_bytes_SL[:, :physical] if record_links else np.zeros((0, physical))
-        rounds, link_bytes = sol.rounds, sol.link_bytes_L[:physical]
+        rounds = sol.rounds
     remote = p.src_F != p.dst_F
     arrive_F = last_F + p.latency_F + _posting_delay(p.src_F, p.dst_F, remote, gpus,
                                                       cluster.message_overhead_us * 1e-6)
@@ -256,4 +295,4 @@ def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_l
     max_latency = float(p.latency_F.max(initial=0.0))
     sync_s = cluster.launch_overhead_us * 1e-6 + 2 * max_latency
     return PhaseTiming(sync_s=sync_s, done_G=done_G, arrive_GC=arrive_GC, share_GC=share_GC,
-                       link_bytes_L=link_bytes, seg_t_S1=seg_t, seg_bytes_SL=seg_bytes, rounds=rounds)
+                       link_bytes_L=p.link_bytes_L, seg_t_S1=seg_t, seg_bytes_SL=seg_bytes, rounds=rounds)
