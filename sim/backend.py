@@ -36,6 +36,8 @@ AUTO_VARIED_SAMPLES = 8
 
 def layer_samples(s: Scenario) -> int:
     moe_layers = s.model.moe_layers
+    if moe_layers == 0:
+        return 0
     if s.sim.layer_samples:
         return max(1, min(s.sim.layer_samples, moe_layers))
     r = s.workload.routing
@@ -80,7 +82,7 @@ def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:
         combine.append(c)
         experts.append(expert_runs(s, t, d, mb))
     m = s.model
-    n = len(traffics)
+    n = max(len(traffics), 1)
     pattern = tuple(-1 if i < m.dense_layers else (i - m.dense_layers) % n for i in range(m.layers))
     return StepPlan(gpus=topo.gpus, micro_batches=mb, moe_layer_pattern=pattern,
                     costs=layer_costs(s, s.workload.tokens_per_gpu / mb), dispatch=tuple(dispatch),
@@ -93,6 +95,8 @@ def route_steps(s: Scenario, topo, placement) -> list[list]:
     per_pattern = []
     for p in range(layer_samples(s)):
         per_pattern.append([compute_traffic(s, topo, placement, st.ids_BTK) for st in balanced_steps(s, p)])
+    if not per_pattern:  # a dense model: nothing to route
+        return [[] for _ in range(s.workload.steps)]
     return [list(step) for step in zip(*per_pattern, strict=True)]
 
 
