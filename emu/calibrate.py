@@ -90,8 +90,8 @@ def launch_us(calls: int = 2000) -> float:
 
 def osu_bw_GBps(comm, nbytes: int, iters: int) -> float:
     """osu_bw between ranks 0 (sender) and 1: WINDOW Isends of `nbytes`, Waitall, 1-byte ack."""
-    buf, ack = np.zeros(nbytes * WINDOW, dtype=np.uint8), np.zeros(1, dtype=np.uint8)
-    parts = [buf[i * nbytes:(i + 1) * nbytes] for i in range(WINDOW)]
+    buf, ack = np.zeros(nbytes, dtype=np.uint8), np.zeros(1, dtype=np.uint8)
+    parts = [buf] * WINDOW  # as osu_bw.c: every message of the window uses the same buffer
 
     def one():
         if comm.rank == 0:
@@ -114,12 +114,12 @@ def osu_bibw_GBps(comm, nbytes: int, iters: int) -> float:
     """osu_bibw between ranks 0 and 1: both post WINDOW Irecvs and WINDOW Isends, Waitall; bytes per
     direction per second."""
     peer = 1 - comm.rank
-    send, recv = np.zeros(nbytes * WINDOW, dtype=np.uint8), np.zeros(nbytes * WINDOW, dtype=np.uint8)
+    send, recv = np.zeros(nbytes, dtype=np.uint8), np.zeros(nbytes, dtype=np.uint8)
 
     def one():
-        if comm.rank < 2:
-            reqs = [comm.Irecv(recv[i * nbytes:(i + 1) * nbytes], peer, 9) for i in range(WINDOW)]
-            reqs += [comm.Isend(send[i * nbytes:(i + 1) * nbytes], peer, 9) for i in range(WINDOW)]
+        if comm.rank < 2:  # as osu_bibw.c: the window's messages share one send and one receive buffer
+            reqs = [comm.Irecv(recv, peer, 9) for _ in range(WINDOW)]
+            reqs += [comm.Isend(send, peer, 9) for _ in range(WINDOW)]
             MPI.Request.Waitall(reqs)
 
     for _ in range(2):

@@ -13,7 +13,8 @@ experts' outputs (DeepEP's normal kernels do the same). Steps, as `emu.runtime` 
 
   sender      plan_dispatch: group kept (token, choice) pairs by destination rank -> SendPlan (frozen)
               pack_rows: quantize once per token (FP8 + scales) and gather the rows of every shard
-              post_dispatch: exchange counts; Isend payload and meta shards; Irecv combine results
+              post_dispatch: exchange counts; Isend payload and meta shards
+              post_result_receives: Irecv every destination's combine results
   receiver    on counts: post_receives (Irecv payload and meta from each source that sends rows)
               on payload+meta of a source: compute_shard (each local expert on its rows, weighted sum),
               then send_result (Isend of the V-byte rows back to the source)
@@ -132,32 +133,45 @@ class Exchange:
 
 
 def post_dispatch(tr: Transport, ex: Exchange, wire_NW: torch.Tensor) -> list[Pending]:
-    """Sender side: start the counts exchange, Isend payload and meta to every destination, post the
-    Irecv of every destination's results. Returns every posted operation (the runtime tracks them)."""
+    """Sender side: start the counts exchange, Isend payload and meta to every destination. Returns every
+    posted operation (the runtime tracks them). `post_result_receives` follows it."""
     plan, me = ex.plan, tr.rank
     ex.counts = tr.exchange_counts(plan.counts_R[:, None], tag(ex.key, KIND_COUNTS))
     # host synchronization: wire_NW and meta must be complete host buffers before MPI reads them
     wire_NW, meta_NC = tr.to_wire(wire_NW), tr.to_wire(plan.meta_NC)
+    # the transport's cheap-to-slice views of the same memory (NumPy for MPI): rows of one destination
+    # are a contiguous byte range, sliced once per destination on every layer's critical path
+    wire_v, meta_v = tr.wire_view(wire_NW), tr.wire_view(meta_NC.view(torch.uint8))
     posted = list(ex.counts.pending)
+    sent, off = ("sent", ex.key), plan.offsets_R1
     for dst in [me] + tr.peers():
-        rows = plan.rows_to(dst)
-        n = rows.stop - rows.start
-        if n == 0:
+        a, b = int(off[dst]), int(off[dst + 1])
+        if a == b:
             continue
         ex.results_missing.add(dst)
         if dst == me:  # local rows: no transport, same wire format
-            ex.shard_bufs[me] = (wire_NW[rows], meta_NC[rows])
+            ex.shard_bufs[me] = (wire_NW[a:b], meta_NC[a:b])
             ex.shard_parts[me] = 0
             continue
         # hand-off to the transport: contiguous row ranges of wire_NW / meta_NC, untouched until done
-        posted.append(tr.isend(wire_NW[rows].reshape(-1), dst, tag(ex.key, KIND_PAYLOAD), ("sent", ex.key)))
-        posted.append(tr.isend(meta_NC[rows].reshape(-1).view(torch.uint8), dst, tag(ex.key, KIND_META),
-                               ("sent", ex.key)))
-        buf = tr.take_buffer(n * ex.result_row_bytes).view(n, ex.result_row_bytes)
-        ex.result_bufs[dst] = buf
-        # hand-off to the transport: buf belongs to it until this receive completes
-        posted.append(tr.irecv(buf.view(-1), dst, tag(ex.key, KIND_RESULT), ("result", ex.key, dst)))
+        posted.append(tr.isend(wire_v[a:b].reshape(-1), dst, tag(ex.key, KIND_PAYLOAD), sent))
+        posted.append(tr.isend(meta_v[a:b].reshape(-1), dst, tag(ex.key, KIND_META), sent))
     ex.sends = [p for p in posted if p.meta and p.meta[0] == "sent"]
+    return posted
+
+
+def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
+    """Sender side, after post_dispatch (off the shards' critical path): Irecv every destination's
+    result rows, so they land in place when the experts send them."""
+    posted, off = [], ex.plan.offsets_R1
+    for dst in ex.results_missing:
+        if dst == tr.rank:
+            continue
+        n = int(off[dst + 1] - off[dst])
+        flat = tr.take_buffer(n * ex.result_row_bytes)
+        ex.result_bufs[dst] = flat.view(n, ex.result_row_bytes)
+        # hand-off to the transport: the buffer belongs to it until this receive completes
+        posted.append(tr.irecv(tr.wire_view(flat), dst, tag(ex.key, KIND_RESULT), ("result", ex.key, dst)))
     return posted
 
 
@@ -168,14 +182,13 @@ def post_receives(tr: Transport, ex: Exchange, k: int) -> list[Pending]:
         if src == tr.rank:
             continue
         m = int(ex.counts.recv_RX[src, 0])
-        wire = tr.take_buffer(m * ex.row_bytes).view(m, ex.row_bytes)
-        meta = tr.take_buffer(m * 2 * k * 4).view(torch.int32).view(m, 2 * k)
-        ex.shard_bufs[src] = (wire, meta)
+        wire, meta = tr.take_buffer(m * ex.row_bytes), tr.take_buffer(m * 2 * k * 4)
+        ex.shard_bufs[src] = (wire.view(m, ex.row_bytes), meta.view(torch.int32).view(m, 2 * k))
         ex.shard_parts[src] = 2
         # hand-off to the transport: both buffers belong to it until their receives complete
-        posted.append(tr.irecv(wire.view(-1), src, tag(ex.key, KIND_PAYLOAD), ("shard", ex.key, src)))
-        posted.append(tr.irecv(meta.view(-1).view(torch.uint8), src, tag(ex.key, KIND_META),
-                               ("shard", ex.key, src)))
+        what = ("shard", ex.key, src)
+        posted.append(tr.irecv(tr.wire_view(wire), src, tag(ex.key, KIND_PAYLOAD), what))
+        posted.append(tr.irecv(tr.wire_view(meta), src, tag(ex.key, KIND_META), what))
     ex.receives_posted = True
     return posted
 

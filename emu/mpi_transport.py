@@ -12,21 +12,26 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 from mpi4py import MPI
 
-from emu.transport import Pending, Transport, poll_until
+from emu.transport import CountsExchange, Pending, Transport, poll_until
 
 GATHER_TAG = 32000
 BCAST_TAG = 32001
 """Tags of the pickled collectives; shard tags stay below them (`emu.dispatch.tag`)."""
 
 
-def _mpi_buffer(buf_B: torch.Tensor):
-    if buf_B.dtype != torch.uint8 or not buf_B.is_contiguous() or buf_B.device.type != "cpu":
-        raise ValueError(f"MPI buffers must be contiguous uint8 host tensors, got {buf_B.dtype} on "
-                         f"{buf_B.device}")
-    return [buf_B.numpy(), MPI.BYTE]
+def _mpi_buffer(buf_B):
+    """A NumPy view of a host uint8 tensor (numpy() refuses device tensors), or a NumPy byte array as is."""
+    if isinstance(buf_B, np.ndarray):
+        if buf_B.dtype != np.uint8 or not buf_B.flags.c_contiguous:
+            raise ValueError(f"MPI buffers must be contiguous uint8 arrays, got {buf_B.dtype}")
+        return buf_B
+    if buf_B.dtype != torch.uint8 or not buf_B.is_contiguous():
+        raise ValueError(f"MPI buffers must be contiguous uint8 host tensors, got {buf_B.dtype}")
+    return buf_B.numpy()
 
 
 class MPITransport(Transport):
@@ -40,6 +45,10 @@ class MPITransport(Transport):
         self.messages_posted = 0
 
     # ---------------------------------------------------------------------------- point to point
+    def wire_view(self, buf: torch.Tensor) -> np.ndarray:
+        """NumPy view of a host tensor: slicing it costs a fraction of slicing the tensor."""
+        return buf.numpy()
+
     def _account(self, start: float) -> None:
         if not self._waiting:
             self.busy_s += MPI.Wtime() - start
@@ -71,6 +80,22 @@ class MPITransport(Transport):
         if not self._waiting:
             self.busy_s += MPI.Wtime() - start
         return done or []
+
+    def exchange_counts(self, send_RX, key: int) -> CountsExchange:
+        """As Transport.exchange_counts, on NumPy rows directly (no tensor views): the counts exchange
+        is on every layer's critical path, and building torch views costs more than the MPI calls."""
+        send_RX = np.ascontiguousarray(send_RX, dtype=np.int64)
+        recv_RX = np.zeros_like(send_RX)
+        recv_RX[self.rank] = send_RX[self.rank]
+        ex = CountsExchange(key=key, send_RX=send_RX, recv_RX=recv_RX)
+        start = MPI.Wtime()
+        for peer in self.peers():
+            # hand-off to MPI: rows of the host arrays, kept alive by Pending until completion
+            ex.pending.append(Pending(self.comm.Irecv(recv_RX[peer], peer, key), recv_RX, peer, key, "counts"))
+            ex.pending.append(Pending(self.comm.Isend(send_RX[peer], peer, key), send_RX, peer, key, "counts"))
+        self.messages_posted += self.size - 1
+        self._account(start)
+        return ex
 
     # ------------------------------------------------------------------------------ collectives
     def barrier(self, timeout_s: float) -> None:

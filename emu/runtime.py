@@ -258,6 +258,7 @@ class RankRuntime:
         ex.send_buf = out
         self.exchanges[key] = ex
         self.pending += dp.post_dispatch(self.tr, ex, wire_NW)
+        self.pending += dp.post_result_receives(self.tr, ex)
         if self.tr.rank in ex.shard_parts:
             self._arrived(ex, self.tr.rank)
         self._check_counts(ex)

@@ -50,7 +50,7 @@ class WaitTimeout(RunFailure):
     """A bounded wait ran out: names the rank, what it waited for and for how long."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """One posted non-blocking operation. Holds its buffer so the buffer lives until completion."""
 
@@ -198,7 +198,7 @@ class Transport(ABC):
         large arrays (torch does so only with THP_MEM_ALLOC_ENABLE=1, which `emu.launch` sets).
         Capacities are powers of two (at least MIN_POOLED_BYTES)."""
         cap = max(MIN_POOLED_BYTES, 1 << max(0, nbytes - 1).bit_length())
-        pool = self.__dict__.setdefault("_pool", {"free": {}, "taken": {}})
+        pool = self._buffer_pool()
         free = pool["free"].setdefault(cap, [])
         if free:
             base = free.pop()
@@ -209,15 +209,27 @@ class Transport(ABC):
         pool["taken"][base.data_ptr()] = base
         return base[:nbytes]
 
+    def _buffer_pool(self) -> dict:
+        pool = getattr(self, "_pool", None)
+        if pool is None:
+            pool = self._pool = {"free": {}, "taken": {}}
+        return pool
+
     def give_buffer(self, buf: torch.Tensor) -> None:
-        """Return a buffer from `take_buffer` (or any view of it that starts at its first byte) once
-        nothing reads or writes it; other tensors are ignored."""
-        pool = self.__dict__.setdefault("_pool", {"free": {}, "taken": {}})
-        base = pool["taken"].pop(buf.data_ptr(), None)
+        """Return a buffer from `take_buffer` (or any view of it that starts at its first byte, a
+        `wire_view` included) once nothing reads or writes it; other tensors are ignored."""
+        ptr = buf.ctypes.data if isinstance(buf, np.ndarray) else buf.data_ptr()
+        base = self._buffer_pool()["taken"].pop(ptr, None)
+        pool = self._buffer_pool()
         if base is not None:
             pool["free"].setdefault(base.numel(), []).append(base)
 
     # ---------------------------------------------------------------------------- host hand-off
+    def wire_view(self, buf: torch.Tensor):
+        """The form in which this transport takes a buffer, sliceable by rows and flattenable with
+        reshape(-1): the tensor itself by default, a NumPy view of the same memory for MPI."""
+        return buf
+
     def to_wire(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor as a contiguous buffer on this transport's device. From a CUDA tensor to the host this
         is a synchronous copy: the copy waits for the producing stream, so the buffer is complete before
