@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import chain
 
 import numpy as np
 
@@ -47,7 +48,8 @@ class SpanLog:
     def columns(self) -> dict[str, np.ndarray]:
         if not self.rows:
             return {f: np.zeros(0, dtype=np.float64 if f in ("start", "end") else np.int64) for f in self.FIELDS}
-        table = np.array(self.rows, dtype=np.float64)
+        table = np.fromiter(chain.from_iterable(self.rows), dtype=np.float64,
+                            count=len(self.rows) * len(self.FIELDS)).reshape(-1, len(self.FIELDS))
         return {f: (table[:, i] if f in ("start", "end") else table[:, i].astype(np.int64))
                 for i, f in enumerate(self.FIELDS)}
 

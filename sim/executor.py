@@ -1,21 +1,25 @@
 """The SimPy executor: one forward step of every GPU, with compute streams, comm engines and collectives.
 
 Each GPU has a compute stream and a communication engine; each micro-batch of each GPU is a SimPy process
-that walks the layers. Streams execute work in the order it is issued (CUDA semantics): issuing reserves
-the stream from max(ready, stream free) for the op's duration, so an op issued later waits behind it. With
-`schedule.overlap: false` the communication runs on the compute stream (nothing overlaps).
+that walks the layers, issuing work the way a host thread issues kernels. Streams execute work in the order
+it is issued (CUDA semantics): issuing reserves the stream from max(ready, stream free) for the op's
+duration, so an op issued later waits behind it. With `schedule.overlap: false` the communication runs on
+the compute stream (nothing overlaps).
 
 Per layer and micro-batch:
-  attention (+ its TP collectives) and, in MoE layers, the gate -> dispatch (a collective over every GPU:
-  it starts when the last GPU joins and every comm engine is free, then each GPU's part takes its solved
-  offset, sim.network) -> the shared expert (issued at once, it overlaps the dispatch) -> the routed
-  experts, grouped kernels that each take the arrival chunks landed by their start -> combine (collective) ->
-  the next layer's attention, issued when the combine starts: on the whole batch once it has all arrived,
-  or with `schedule.layer_pipeline` chunk by chunk as the results land. Dense layers run attention and the
-  dense FFN. Micro-batches are separate processes, so while one communicates another computes.
+  attention (+ its TP collectives) and, in MoE layers, the gate and the shared expert -> dispatch (a
+  collective over every GPU: it starts at the latest GPU's ready time, once every comm engine is free,
+  plus its sync; each GPU's part then takes its solved offset, sim.network) -> the routed experts, grouped
+  kernels that each take the arrival chunks landed by their start -> combine (collective) -> the next
+  layer's attention: on the whole batch once it has all arrived, or with `schedule.layer_pipeline` chunk by
+  chunk as the results land. Dense layers run attention and the dense FFN. Micro-batches are separate
+  processes, so while one communicates another computes (the shared expert overlaps its own dispatch).
 
-SimPy events per GPU per layer and micro-batch: about four (compute block, dispatch start, expert end,
-combine start), never one per flow or token. Everything that happens is appended to a `StepRecord`.
+A process waits only for collectives to start: it issues everything up to the next collective at once and
+tells the collective when it will be ready. The collective starts by a SimPy event at the latest ready
+time, so collectives take the comm engines in simulated-time order. SimPy events per GPU per MoE layer and
+micro-batch: two process wake-ups (dispatch and combine start), never one per flow or token. Everything
+that happens is appended to a `StepRecord`.
 """
 
 from __future__ import annotations
@@ -50,12 +54,13 @@ class StepPlan:
 
 
 class _Pending:
-    __slots__ = ("count", "last_join", "event")
+    __slots__ = ("count", "last_join", "event", "layer", "mb", "op", "pattern", "timing")
 
-    def __init__(self, env: simpy.Environment):
+    def __init__(self, env: simpy.Environment, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming):
         self.count = 0
         self.last_join = 0.0
         self.event = env.event()
+        self.layer, self.mb, self.op, self.pattern, self.timing = layer, mb, op, pattern, timing
 
 
 class Executor:
@@ -77,13 +82,14 @@ class Executor:
             share[share.sum(axis=1) <= 0] = 1.0 / share.shape[1]
             self.c_share.append(share.tolist())
         self.runs = [r.tolist() for r in plan.expert_GCC1]
+        self._add = self.record.spans.add_row
 
     # ------------------------------------------------------------------------------------- helpers
     def _issue(self, g: int, ready: float, layer: int, mb: int, parts: list[tuple[int, float]]) -> float:
         """Reserve the compute stream for consecutive ops from `ready`; log them; return the end."""
         free = self.free
         t = ready if ready > free[2 * g] else free[2 * g]
-        add = self.record.spans.add_row
+        add = self._add
         for op, dur in parts:
             if dur > 0:
                 add((g, layer, mb, op, t, t + dur))
@@ -96,7 +102,7 @@ class Executor:
         """A persistent block on the compute stream: chunk c starts when it has arrived and the previous
         chunk is done; `tail` ops follow. Returns the end."""
         t = self.free[2 * g]
-        add = self.record.spans.add_row
+        add = self._add
         for ready, dur in zip(ready_C, dur_C, strict=True):
             if ready > t:
                 t = ready
@@ -114,7 +120,7 @@ class Executor:
         """Like `_issue_chunks` for chunks landing at start + offset_C, but every kernel takes all the
         chunks that have landed when it starts (runs[i][j]: seconds for chunks i..j-1 as one kernel)."""
         t = self.free[2 * g]
-        add = self.record.spans.add_row
+        add = self._add
         i, n = 0, len(offset_C)
         while i < n:
             ready = start + offset_C[i]
@@ -131,60 +137,66 @@ class Executor:
         self.free[2 * g] = t
         return t
 
-    def _join(self, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming, now: float) -> simpy.Event:
-        """Register GPU readiness for a collective; the last join starts it for everyone."""
+    def _join(self, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming, ready: float) -> simpy.Event:
+        """Tell a collective when this GPU will be ready for it; returns the event of its start. Once every
+        GPU has told, the start is scheduled at the latest ready time (`_start`)."""
         key = (layer, mb, int(op))
         p = self.pending.get(key)
         if p is None:
-            p = self.pending[key] = _Pending(self.env)
+            p = self.pending[key] = _Pending(self.env, layer, mb, op, pattern, timing)
         p.count += 1
-        if now > p.last_join:
-            p.last_join = now
+        if ready > p.last_join:
+            p.last_join = ready
         if p.count == self.plan.gpus:
             del self.pending[key]
-            free, off = self.free, self.comm_offset
-            start = max(p.last_join, max(free[off::2])) + timing.sync_s
-            free[off::2] = (start + timing.done_G).tolist()
-            self.record.collectives.append(CollectiveRecord(layer=layer, mb=mb, op=op, pattern=pattern,
-                                                            last_join_s=p.last_join, start_s=start))
-            p.event.succeed(start)
+            self.env.timeout(max(p.last_join - self.env.now, 0.0)).callbacks.append(
+                lambda _event, p=p: self._start(p))
         return p.event
+
+    def _start(self, p: _Pending) -> None:
+        """At the latest ready time: the collective takes every comm engine when all are free."""
+        free, off, timing = self.free, self.comm_offset, p.timing
+        start = max(p.last_join, max(free[off::2])) + timing.sync_s
+        free[off::2] = (start + timing.done_G).tolist()
+        self.record.collectives.append(CollectiveRecord(layer=p.layer, mb=p.mb, op=p.op, pattern=p.pattern,
+                                                        last_join_s=p.last_join, start_s=start))
+        p.event.succeed(start)
 
     # ------------------------------------------------------------------------------------- process
     def _micro_batch(self, g: int, mb: int):
-        env, plan, c = self.env, self.plan, self.plan.costs
+        plan, c = self.plan, self.plan.costs
         att, tp = int(Op.ATTENTION), int(Op.ATTENTION_TP)
         pre = [(att, c.attention_s), (tp, c.attention_tp_comm_s)]
         dense_post = [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)]
         moe_post = [(int(Op.GATE), c.gate_s)]
+        whole = {True: pre + dense_post, False: pre + moe_post}  # keyed by "dense layer"
         shared = [(int(Op.SHARED_EXPERT), c.shared_expert_s)]
         expert = int(Op.EXPERT)
         ready_C = None  # arrivals of the previous combine (absolute times), None before the first layer
         share_C = [1.0]  # token share of each arrival
         for layer, pattern in enumerate(plan.moe_layer_pattern):
-            post = dense_post if pattern < 0 else moe_post
             if ready_C is None:
-                end = self._issue(g, env.now, layer, mb, pre + post)
+                end = self._issue(g, 0.0, layer, mb, whole[pattern < 0])
             elif plan.layer_pipeline:
+                post = dense_post if pattern < 0 else moe_post
                 end = self._issue_chunks(g, ready_C, [c.attention_s * s for s in share_C], layer, mb, att,
                                          [(tp, c.attention_tp_comm_s)] + post)
             else:
-                end = self._issue(g, ready_C[-1], layer, mb, pre + post)
-            yield env.timeout(end - env.now)
+                end = self._issue(g, ready_C[-1], layer, mb, whole[pattern < 0])
             if pattern < 0:
                 ready_C, share_C = [end], [1.0]
                 continue
-            ev = self._join(layer, mb, Op.DISPATCH, pattern, plan.dispatch[pattern], env.now)
-            self._issue(g, env.now, layer, mb, shared)
-            start = yield ev
+            dispatch = self._join(layer, mb, Op.DISPATCH, pattern, plan.dispatch[pattern], end)
+            self._issue(g, end, layer, mb, shared)
+            start = yield dispatch
             end = self._issue_runs(g, start, self.d_arrive[pattern][g], self.runs[pattern][g], layer, mb, expert)
-            if end > env.now:
-                yield env.timeout(end - env.now)
-            start = yield self._join(layer, mb, Op.COMBINE, pattern, plan.combine[pattern], env.now)
+            start = yield self._join(layer, mb, Op.COMBINE, pattern, plan.combine[pattern], end)
             ready_C = [start + a for a in self.c_arrive[pattern][g]]
             share_C = self.c_share[pattern][g]
         last = max(ready_C[-1], self.free[2 * g], self.free[2 * g + self.comm_offset])
         self.gpu_end[g] = max(self.gpu_end[g], last)
+        if False:  # a generator even for a model without MoE layers (nothing to wait for)
+            yield
 
     def run(self) -> StepRecord:
         plan = self.plan

@@ -130,7 +130,9 @@ def simulate_flows(capacity_L: np.ndarray, indptr_F1: np.ndarray, links_X: np.nd
 
     Rates are recomputed at every start and every (batched) finish; between events they are constant.
     """
+    indptr_F1, links_X = np.asarray(indptr_F1, dtype=np.int64), np.asarray(links_X, dtype=np.int64)
     net = FlowNetwork(capacity_L, indptr_F1, links_X)
+    ids = np.arange(net.flows)  # global ids of the flows in `net` (shrinks as flows finish)
     flows, links = net.flows, net.links
     start_F = np.zeros(flows) if start_F is None else np.asarray(start_F, dtype=np.float64)
     remaining_F = np.asarray(bytes_F, dtype=np.float64).copy()
@@ -154,8 +156,14 @@ def simulate_flows(capacity_L: np.ndarray, indptr_F1: np.ndarray, links_X: np.nd
             if record_segments:
                 seg_bytes.append(np.zeros(links))
             continue
+        if 2 * int((~done_F).sum()) < len(ids):  # most flows are done: solve on the rest only
+            ids = np.flatnonzero(~done_F)
+            sub = _ranges(indptr_F1[ids], indptr_F1[ids + 1])
+            sub_indptr = np.concatenate([[0], np.cumsum(indptr_F1[ids + 1] - indptr_F1[ids])])
+            net = FlowNetwork(capacity_L, sub_indptr, links_X[sub])
         weights = remaining_F if isinstance(weight_F, str) else weight_F
-        rate_F = net.rates(active_F, weights, rate_rtol)
+        rate_F = np.zeros(flows)
+        rate_F[ids] = net.rates(active_F[ids], None if weights is None else weights[ids], rate_rtol)
         rounds += 1
         act = np.flatnonzero(active_F)
         with np.errstate(divide="ignore"):
@@ -177,7 +185,7 @@ def simulate_flows(capacity_L: np.ndarray, indptr_F1: np.ndarray, links_X: np.nd
         done_F[act[batch]] = True
         sent_F = np.zeros(flows)
         sent_F[act] = sent_A
-        seg_L = np.bincount(net.links_X, weights=sent_F[net.flow_X], minlength=links)
+        seg_L = np.bincount(net.links_X, weights=sent_F[ids][net.flow_X], minlength=links)
         link_bytes_L += seg_L
         if record_segments:
             seg_bytes.append(seg_L)

@@ -153,12 +153,15 @@ def prune_unbinding(indptr_F1: np.ndarray, links_X: np.ndarray, capacity_L: np.n
     is_end = np.zeros(links, dtype=bool)  # first and last links bound the others and are never dropped
     is_end[first_F[has]] = True
     is_end[last_F[has]] = True
+    inner_X = ~is_end[links_X]  # entries on candidate links
+    if not inner_X.any():
+        return indptr_F1, links_X
     drop_L = np.zeros(links, dtype=bool)
     for end_F in (first_F, last_F):
-        pairs = np.unique(links_X.astype(np.int64) * links + end_F[flow_X])
+        pairs = np.unique(links_X[inner_X].astype(np.int64) * links + end_F[flow_X[inner_X]])
         on, end = pairs // links, pairs % links
         bound_L = np.bincount(on, weights=capacity_L[end], minlength=links)
-        drop_L |= (bound_L <= capacity_L * (1 + 1e-9)) & ~is_end & (bound_L > 0)
+        drop_L |= (bound_L <= capacity_L * (1 + 1e-9)) & (bound_L > 0)
     keep_X = ~drop_L[links_X]
     new_indptr = np.zeros_like(indptr_F1)
     np.cumsum(np.bincount(flow_X[keep_X], minlength=len(lengths)), out=new_indptr[1:])
