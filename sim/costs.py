@@ -1,10 +1,10 @@
 """Compute costs of one transformer layer on one GPU, from the model and the hardware profile.
 
-Pure functions of (model, cluster, parallel, workload) and a token count. GEMMs go through
-`sim.gemm.gemm_time_s` (measured table, roofline fallback); element-wise and cache-reading work is
-memory-bound (`sim.gemm.memory_time_s`: bytes / hbm_GBps + launch overhead). The shapes follow DeepSeek-V3's
-inference/model.py: MLA with a query latent, the non-absorbed form in prefill and the absorbed form in
-decode (the cache keeps kv_latent + rope_dim per token); SwiGLU MLPs with w1, w3 (hidden -> inner) and w2.
+Pure functions of (model, cluster, parallel, workload) and a token count. The GEMM shapes are the ones
+the model runs (`moe.model.shapes`, torch-free: MLA non-absorbed in prefill and absorbed in decode, SwiGLU
+with w1 and w3 fused); each goes through `sim.gemm.gemm_time_s` (measured table, roofline fallback), a
+batch of independent products (per-head attention) as one kernel of batch x M rows. Element-wise and
+cache-reading work is memory-bound (`sim.gemm.memory_time_s`: bytes / hbm_GBps + launch overhead).
 
 Attention tensor parallelism (`parallel.attention_tp` = t): a group of t GPUs of one node serves the
 group's t*T tokens; projections that produce per-head tensors are split by heads, the latent projections
@@ -14,9 +14,12 @@ vectors in BF16 each way, plus (t-1) link latencies per collective). The dense F
 split the same way. With MLA the latent cache is shared by all heads, so in decode every GPU of the group
 reads the whole group's cache (this is why DeepSeek runs attention data-parallel).
 
-Prefill attention: every token attends to the (context_len + 1) / 2 earlier tokens of its sequence on
-average (causal), so the score and value products cost 2 * heads * (qk + v) * keys flops per token:
-quadratic in the context per sequence. Decode: one new token per sequence reads `context_len` cached
+Prefill attention: the shapes list every query against the sequence's context_len keys; causal
+attention skips the masked half (FlashAttention skips masked blocks), so every token attends to the
+(context_len + 1) / 2 earlier tokens of its sequence on average and the score and value products are
+scaled by (S + 1) / (2 S): 2 * heads * (qk + v) * (S + 1) / 2 flops per token, quadratic in the context
+per sequence. A micro-batch of fewer tokens than a sequence is a chunk of one sequence that attends to
+its whole context on average the same way. Decode: one new token per sequence reads `context_len` cached
 tokens; the time is the larger of the flops at the GEMM rate and the cache bytes at HBM bandwidth.
 Left out: the embedding lookup and the output head (outside the 61 layers), norms inside attention.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moe.model import shapes
 from moe.spec.schema import Cluster, Model, Scenario
 from moe.spec.sizes import expert_weight_bytes
 from sim.gemm import DTYPE_BYTES, gemm_time_s, memory_time_s
@@ -35,20 +39,11 @@ BF16 = DTYPE_BYTES["bf16"]
 SCALE_BYTES_PER_128 = 4 / 128  # FP8 activations carry one float32 scale per 128 values (sizes.py)
 
 
-@dataclass(frozen=True)
-class Gemm:
-    """One GEMM of a layer: M rows of activations times a K x N weight, `count` times."""
-
-    name: str
-    m: float
-    k: int
-    n: int
-    dtype: str
-    count: int = 1
-
-
-def gemms_time_s(cluster: Cluster, gemms: list[Gemm]) -> float:
-    return float(sum(g.count * gemm_time_s(cluster, g.m, g.k, g.n, g.dtype) for g in gemms))
+def gemms_time_s(cluster: Cluster, gemms: list[shapes.Gemm], scale: dict[str, float] | None = None) -> float:
+    """Sum of the GEMMs' times; `scale` multiplies the time of GEMMs by name (e.g. causal masking)."""
+    scale = scale or {}
+    return float(sum(scale.get(g.name, 1.0) * gemm_time_s(cluster, g.m * g.batch, g.k, g.n, g.dtype)
+                     for g in gemms))
 
 
 def tp_collective_s(cluster: Cluster, model: Model, tokens: float, tp: int) -> float:
@@ -62,64 +57,51 @@ def tp_collective_s(cluster: Cluster, model: Model, tokens: float, tp: int) -> f
 
 
 # ------------------------------------------------------------------------------------------- attention
-def attention_gemms(model: Model, rows: float, tp: int, phase: str) -> list[Gemm]:
-    """Projection GEMMs of one attention layer for `rows` tokens on one GPU of a TP group of size tp."""
-    a, h, dt = model.attention, model.attention.heads // tp, model.dtype
-    qk = a.head_dim + a.rope_dim
-    if a.kind == "mha":
-        return [Gemm("wq", rows, model.hidden, h * a.head_dim, dt),
-                Gemm("wk", rows, model.hidden, h * a.head_dim, dt),
-                Gemm("wv", rows, model.hidden, h * a.v_head_dim, dt),
-                Gemm("wo", rows, h * a.v_head_dim, model.hidden, dt)]
-    out = [Gemm("wkv_a", rows, model.hidden, a.kv_latent + a.rope_dim, dt)]
-    if a.q_latent:
-        out += [Gemm("wq_a", rows, model.hidden, a.q_latent, dt), Gemm("wq_b", rows, a.q_latent, h * qk, dt)]
-    else:
-        out.append(Gemm("wq", rows, model.hidden, h * qk, dt))
-    if phase == "prefill":  # keys and values of every head from the latent
-        out.append(Gemm("wkv_b", rows, a.kv_latent, h * (a.head_dim + a.v_head_dim), dt))
-    else:  # absorbed: queries into the latent space, outputs out of it (per-head batched GEMMs, BF16)
-        out += [Gemm("q_absorb", rows, a.head_dim * h, a.kv_latent, "bf16"),
-                Gemm("o_absorb", rows, a.kv_latent, h * a.v_head_dim, "bf16")]
-    out.append(Gemm("wo", rows, h * a.v_head_dim, model.hidden, dt))
-    return out
+CORE = ("attn.scores", "attn.values")
 
 
-def attention_core_s(cluster: Cluster, model: Model, rows: float, keys: float, tp: int, phase: str) -> float:
-    """Score and value products (BF16) of `rows` queries over `keys` keys each, heads split over tp.
-    Decode also reads each query's cached keys: max(compute, cache bytes / HBM)."""
-    a, h = model.attention, model.attention.heads // tp
-    if a.kind == "mla" and phase == "decode":  # absorbed: scores and values in the latent space
-        qk, v = a.kv_latent + a.rope_dim, a.kv_latent
-        cache_bytes = rows * keys * (a.kv_latent + a.rope_dim) * DTYPE_BYTES[a.kv_dtype]
-    else:
-        qk, v = a.head_dim + a.rope_dim if a.kind == "mla" else a.head_dim, a.v_head_dim
-        cache_bytes = rows * keys * h * (a.head_dim + a.v_head_dim) * DTYPE_BYTES[a.kv_dtype]
-    # per head and query: (1 x qk) @ (qk x keys), then (1 x keys) @ (keys x v); batched over heads and rows,
-    # as FlashAttention / FlashMLA do, they are GEMMs of rows*h rows
-    compute = float(gemm_time_s(cluster, rows * h, qk, max(keys, 1.0), "bf16")
-                    + gemm_time_s(cluster, rows * h, max(keys, 1.0), v, "bf16"))
-    if phase == "decode":
-        return max(compute, float(memory_time_s(cluster, cache_bytes)))
+def attention_shapes(scenario: Scenario, rows: int) -> tuple[list[shapes.Gemm], float]:
+    """(GEMMs of one GPU's attention on `rows` tokens, the factor on the score and value products)."""
+    m, w, tp = scenario.model, scenario.workload, scenario.parallel.attention_tp
+    s = w.context_len
+    if w.phase == "decode":  # one new token per sequence over its cache; MLA in the absorbed form
+        return shapes.attention_gemms(m, rows, sequences=rows, keys=s, absorbed=m.attention.kind == "mla",
+                                      tp=tp), 1.0
+    sequences = rows // s if rows >= s and rows % s == 0 else 1
+    return shapes.attention_gemms(m, rows, sequences=sequences, keys=s, tp=tp), (s + 1) / (2 * s)
+
+
+def decode_cache_bytes(model: Model, rows: float, keys: float, tp: int) -> float:
+    """KV-cache bytes the decode attention of one GPU reads: MLA's latent (shared by every head: the
+    whole TP group's rows), MHA's keys and values of its 1/tp of the heads."""
+    a = model.attention
+    if a.kind == "mla":
+        return rows * keys * (a.kv_latent + a.rope_dim) * DTYPE_BYTES[a.kv_dtype]
+    return rows * keys * (a.heads // tp) * (a.head_dim + a.v_head_dim) * DTYPE_BYTES[a.kv_dtype]
+
+
+def attention_core_s(scenario: Scenario, rows: int) -> float:
+    """Score and value products of one GPU's attention on `rows` tokens (decode: no faster than reading
+    the cache at HBM bandwidth)."""
+    c = scenario.cluster
+    gemms, factor = attention_shapes(scenario, rows)
+    compute = gemms_time_s(c, [g for g in gemms if g.name in CORE], dict.fromkeys(CORE, factor))
+    if scenario.workload.phase == "decode":
+        cache = decode_cache_bytes(scenario.model, rows, scenario.workload.context_len, scenario.parallel.attention_tp)
+        return max(compute, float(memory_time_s(c, cache)))
     return compute
-
-
-def attention_keys(scenario: Scenario) -> float:
-    """Keys each query attends to: (context_len + 1) / 2 in causal prefill, context_len in decode."""
-    w = scenario.workload
-    return (w.context_len + 1) / 2 if w.phase == "prefill" else float(w.context_len)
 
 
 def attention_s(scenario: Scenario, tokens: float) -> float:
     """Attention of `tokens` tokens of one GPU (its TP group runs tp x as many rows at 1/tp heads):
     input norm, projections, core and the residual add; TP collectives excluded (`attention_tp_comm_s`)."""
-    m, c, tp, phase = scenario.model, scenario.cluster, scenario.parallel.attention_tp, scenario.workload.phase
-    if tokens <= 0:
+    m, c, tp = scenario.model, scenario.cluster, scenario.parallel.attention_tp
+    rows = int(round(tokens * tp))
+    if rows <= 0:
         return 0.0
-    rows = tokens * tp
+    gemms, _ = attention_shapes(scenario, rows)
     norm_bytes = rows * m.hidden * BF16 * 4  # RMSNorm read + write, residual add read + write
-    return (gemms_time_s(c, attention_gemms(m, rows, tp, phase))
-            + attention_core_s(c, m, rows, attention_keys(scenario), tp, phase)
+    return (gemms_time_s(c, [g for g in gemms if g.name not in CORE]) + attention_core_s(scenario, rows)
             + float(memory_time_s(c, norm_bytes)))
 
 
@@ -130,12 +112,13 @@ def attention_tp_comm_s(scenario: Scenario, tokens: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ MLPs
-def swiglu_s(cluster: Cluster, hidden: int, inner: int, dtype: str, m) -> np.ndarray:
-    """SwiGLU MLP on M tokens (array ok): w1, w3 (hidden -> inner), the activation (reads both BF16
-    products, writes the FP8 input of w2 with its scales) and w2 (inner -> hidden)."""
+def swiglu_s(cluster: Cluster, model: Model, inner: int, m) -> np.ndarray:
+    """SwiGLU MLP on M tokens (array ok): the fused w1|w3 and w2 GEMMs of `moe.model.shapes.swiglu_gemms`,
+    and the activation between them (reads the BF16 w1|w3 product, writes w2's FP8 input and scales)."""
     m_M = np.asarray(m, dtype=np.float64)
-    gemm = 2 * gemm_time_s(cluster, m_M, hidden, inner, dtype) + gemm_time_s(cluster, m_M, inner, hidden, dtype)
-    act_bytes = m_M * inner * (2 * BF16 + DTYPE_BYTES[dtype] * (1 + SCALE_BYTES_PER_128))
+    gemm = sum(gemm_time_s(cluster, m_M * g.m * g.batch, g.k, g.n, g.dtype)
+               for g in shapes.swiglu_gemms("mlp", model, 1, inner))
+    act_bytes = m_M * inner * (2 * BF16 + DTYPE_BYTES[model.dtype] * (1 + SCALE_BYTES_PER_128))
     return gemm + memory_time_s(cluster, act_bytes)
 
 
@@ -150,14 +133,14 @@ def expert_s(scenario: Scenario, tokens_per_slot) -> np.ndarray:
     total = t.sum(axis=-1)
     active = np.count_nonzero(t, axis=-1)
     extra_weights = np.maximum(active - 1, 0) * expert_weight_bytes(m) / (c.hbm_GBps * 1e9)
-    return swiglu_s(c, m.hidden, m.expert_hidden, m.dtype, total) + np.where(total > 0, extra_weights, 0.0)
+    return swiglu_s(c, m, m.expert_hidden, total) + np.where(total > 0, extra_weights, 0.0)
 
 
 def shared_expert_s(scenario: Scenario, tokens: float) -> float:
     m = scenario.model
     if not m.shared_experts or tokens <= 0:
         return 0.0
-    return m.shared_experts * float(swiglu_s(scenario.cluster, m.hidden, m.expert_hidden, m.dtype, tokens))
+    return m.shared_experts * float(swiglu_s(scenario.cluster, m, m.expert_hidden, tokens))
 
 
 def dense_ffn_s(scenario: Scenario, tokens: float) -> float:
@@ -167,7 +150,7 @@ def dense_ffn_s(scenario: Scenario, tokens: float) -> float:
     if tokens <= 0:
         return 0.0
     rows = tokens * tp
-    return (float(swiglu_s(c, m.hidden, m.dense_hidden // tp, m.dtype, rows))
+    return (float(swiglu_s(c, m, m.dense_hidden // tp, rows))
             + float(memory_time_s(c, rows * m.hidden * BF16 * 4)))
 
 
@@ -179,7 +162,8 @@ def gate_s(scenario: Scenario, tokens: float) -> float:
         return 0.0
     send = DTYPE_BYTES[scenario.schedule.dispatch_dtype]
     quant_bytes = tokens * m.hidden * (BF16 + send * (1 + (SCALE_BYTES_PER_128 if send == 1 else 0)))
-    return float(gemm_time_s(c, tokens, m.hidden, m.experts, "bf16")
+    g = shapes.gate_gemm(m, 1)
+    return float(gemm_time_s(c, tokens, g.k, g.n, g.dtype)
                  + memory_time_s(c, tokens * m.experts * 4 * 2)
                  + memory_time_s(c, tokens * m.hidden * BF16 * 2)
                  + memory_time_s(c, quant_bytes))

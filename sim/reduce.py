@@ -97,15 +97,17 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
                               combine_s=comm[Op.COMBINE] / n_moe,
                               exposed_comm_s=max(w1 - w0 - busy, 0.0) / n_moe)
     link_bytes = _link_bytes_per_moe_layer(plan)
-    max_link, max_link_bytes = "", 0.0
+    max_link, max_link_bytes, max_link_busy = "", 0.0, 0.0
     if len(link_bytes) and link_bytes.max() > 0:
         top = int(np.argmax(link_bytes / facts.link_capacity_L))
         max_link, max_link_bytes = facts.link_names[top], float(link_bytes[top])
+        max_link_busy = max_link_bytes / float(facts.link_capacity_L[top])
     pattern_of = [plan.moe_layer_pattern[i] for i in moe_layers]
     mean_over_layers = (lambda v: float(np.mean([v[p] for p in pattern_of]))) if pattern_of else (lambda v: 0.0)
     tokens = gpus * facts.tokens_per_gpu
     extra = dict(facts.extra)
     extra.update(_extra(plan, record, facts, link_bytes, step, critical))
+    extra["max_link_busy_s"] = max_link_busy  # per MoE layer, at the link's capacity
     return Result(
         backend="sim", machine=machine, spec_hash=spec_hash, spec=spec, step_time_s=step,
         tokens_per_s=tokens / step if step > 0 else 0.0,

@@ -63,29 +63,29 @@ def test_memory_bound_op_is_bytes_over_hbm_plus_launch():
 
 
 def test_prefill_attention_core_is_quadratic_in_context_per_sequence():
-    s1 = scenario(workload={"context_len": 4096})
-    s2 = scenario(workload={"context_len": 8192})
-    m, c = s1.model, bare_cluster(hbm_GBps=1e9, launch_overhead_us=0.0)
+    bare = bare_cluster(hbm_GBps=1e9, launch_overhead_us=0.0)
+    s1 = scenario(workload={"context_len": 4096}).model_copy(update={"cluster": bare})
+    s2 = scenario(workload={"context_len": 8192}).model_copy(update={"cluster": bare})
     # per token the keys double, so one sequence of twice the length costs four times as much
-    one = costs.attention_core_s(c, m, 4096, costs.attention_keys(s1), 1, "prefill")
-    two = costs.attention_core_s(c, m, 8192, costs.attention_keys(s2), 1, "prefill")
+    one, two = costs.attention_core_s(s1, 4096), costs.attention_core_s(s2, 8192)
     assert two / one == pytest.approx(4.0, rel=1e-3)
-    a = m.attention
-    flops = 2 * a.heads * (a.head_dim + a.rope_dim + a.v_head_dim) * 4096 * costs.attention_keys(s1)
-    assert one == pytest.approx(flops / (c.bf16_TFLOPS * 1e12))
+    a = s1.model.attention
+    keys = (4096 + 1) / 2  # causal: the average query sees half its sequence
+    flops = 2 * a.heads * (a.head_dim + a.rope_dim + a.v_head_dim) * 4096 * keys
+    assert one == pytest.approx(flops / (bare.bf16_TFLOPS * 1e12))
 
 
 def test_decode_attention_reads_the_latent_cache_and_tp_does_not_shrink_it():
-    s = scenario(workload={"phase": "decode", "tokens_per_gpu": 16, "context_len": 32768},
-                 model={"attention": {"heads": 16}})  # few heads: clearly memory-bound
+    over = {"workload": {"phase": "decode", "tokens_per_gpu": 16, "context_len": 32768},
+            "model": {"attention": {"heads": 16}}}  # few heads: clearly memory-bound
+    s = scenario(**over)
     c, m = s.cluster, s.model
     rows, keys = 64, 32768
     cache = rows * keys * (m.attention.kv_latent + m.attention.rope_dim) * 2
-    core = costs.attention_core_s(c, m, rows, keys, 1, "decode")
-    assert core == pytest.approx(float(memory_time_s(c, cache)))  # memory-bound
+    assert costs.attention_core_s(s, rows) == pytest.approx(float(memory_time_s(c, cache)))
     # TP 4: each GPU runs the group's 4x rows at 1/4 of the heads, but reads the whole group's latent cache
-    core_tp = costs.attention_core_s(c, m, rows * 4, keys, 4, "decode")
-    assert core_tp == pytest.approx(float(memory_time_s(c, 4 * cache)))
+    s4 = s.model_copy(update={"parallel": s.parallel.model_copy(update={"attention_tp": 4})})
+    assert costs.attention_core_s(s4, 4 * rows) == pytest.approx(float(memory_time_s(c, 4 * cache)))
 
 
 def test_attention_tp_pays_its_nvlink_collectives():

@@ -32,7 +32,13 @@ def format_summary(r: Result) -> str:
     ]
     for phase in PHASES:
         lines.append(f"    {phase[:-2]:<14}{_ms(getattr(r.breakdown, phase))}")
-    lines.append(f"  bottleneck link {r.max_link or '-'}: {_bytes(r.max_link_bytes)} per MoE layer")
+    busy = r.extra.get("max_link_busy_s")
+    lines.append(f"  bottleneck link {r.max_link or '-'}: {_bytes(r.max_link_bytes)} per MoE layer"
+                 + (f", busy {busy * 1e3:.3f} ms of {r.moe_layer_s * 1e3:.3f} ms" if busy and r.moe_layer_s else ""))
+    util = r.extra.get("link_utilisation")
+    if util:
+        lines.append("  link utilisation (mean/max over the step): "
+                     + ", ".join(f"{kind} {u['mean']:.0%}/{u['max']:.0%}" for kind, u in util.items() if u["max"] > 0))
     lines.append(f"  expert load imbalance {r.expert_load_imbalance:.2f} (max/mean tokens per GPU)"
                  + (f", {r.dropped_tokens} tokens dropped" if r.dropped_tokens else ""))
     lines.append(f"  KV cache {_bytes(r.kv_cache_bytes_per_token)}/token, peak memory "
