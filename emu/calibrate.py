@@ -7,7 +7,8 @@ runs the compute benchmarks at the same time, with the threads a run gives it (e
 the rates are those a rank sees in an emulator run of that many ranks. Timing: warm-up, barrier, MPI.Wtime,
 median of repeats; across ranks the median is kept.
 - gemm_table: the FP8 GEMMs of the `tiny` model (projections, dense FFN, experts) at several row counts
-  through `moe.model.linear.fp8_linear`, as the model calls them, and BF16 products (the gate and core
+  through `moe.model.linear.fp8_linear` on bf16 activations (quantized inside, as the model calls it),
+  and BF16 products (the gate and core
   attention run in BF16); fp8_TFLOPS / bf16_TFLOPS: the best rate measured per dtype (the roofline ceiling
   the simulator uses outside the table);
 - hbm_GBps: bytes read + written by a large tensor copy; launch_overhead_us: one minimal torch op;
@@ -54,7 +55,7 @@ def median_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
 
 def gemm_table(rows: tuple[int, ...], repeats: int) -> list[dict]:
     """FP8 GEMM rates of the tiny model's weight shapes, and BF16 matmul rates, at `rows` rows."""
-    from moe.model.fp8 import quantize_act, quantize_weight
+    from moe.model.fp8 import quantize_weight
     from moe.model.linear import Fp8Weight, fp8_linear
     from moe.model.shapes import attention_gemms, expert_gemms, ffn_gemms
 
@@ -66,7 +67,9 @@ def gemm_table(rows: tuple[int, ...], repeats: int) -> list[dict]:
     for k, n in shapes:
         w = Fp8Weight(*quantize_weight(torch.randn(n, k, generator=gen)))
         for m in rows:
-            x = quantize_act(torch.randn(m, k, generator=gen))
+            # bf16 activations, quantized per token inside fp8_linear: how the model's projections and
+            # FFNs call it (only a routed expert's first GEMM receives an already quantized input)
+            x = torch.randn(m, k, generator=gen).bfloat16()
             t = median_time_s(lambda x=x, w=w: fp8_linear(x, w), 2, repeats)
             out.append({"m": m, "k": k, "n": n, "dtype": "fp8", "TFLOPS": 2 * m * k * n / t / 1e12})
     for k, n in ((model.hidden, model.hidden), (model.hidden, 4 * model.hidden)):

@@ -34,6 +34,9 @@ from emu.transport import Pending, Transport
 from moe.model.fp8 import wire_bytes_per_token
 from moe.spec.schema import Scenario
 
+ALL_SOURCES = -1
+"""Shard-queue marker: compute every source's rows of a (layer, micro-batch) at once (no overlap)."""
+
 
 @dataclass
 class MBState:
@@ -148,7 +151,8 @@ class RankRuntime:
                 or any(n for n in ex.shard_parts.values()):
             return
         self.queued_all.add(ex.key)
-        self.shard_queue.extend((ex.key, s) for s in sorted(ex.shard_parts))
+        if ex.shard_parts:
+            self.shard_queue.append((ex.key, ALL_SOURCES))
 
     def _compute_one_shard(self) -> bool:
         if not self.shard_queue:
@@ -158,20 +162,28 @@ class RankRuntime:
         ex = self.exchanges[key]
         layer = self._layer_of_key(key)
         block = self.model.block(layer)
-        wire_MW, meta_MC = ex.shard_bufs.pop(src)
+        sources = sorted(ex.shard_bufs) if src == ALL_SOURCES else [src]
+        parts = [ex.shard_bufs.pop(s) for s in sources]
         if self.fault_armed:
             maybe_fail(self.opts, self.tr.rank, "expert", self.opts.timeout_s)
         with self.clock.span("expert", layer, key % len(self.mbs)):
+            # one shard, or (without overlap) every source's rows at once: one GEMM per local expert
+            wire_MW = parts[0][0] if len(parts) == 1 else torch.cat([w for w, _ in parts])
+            meta_MC = parts[0][1] if len(parts) == 1 else torch.cat([m for _, m in parts])
             result_MV = dp.compute_shard(block, self.expert_of_slot, wire_MW, meta_MC, self.cfg.hidden,
                                          self.sched.dispatch_dtype, self.sched.combine_dtype, self.device)
         k = self.cfg.top_k
         self.stats.requests_J[layer - self.cfg.dense_layers] += int((meta_MC[:, :k] >= 0).sum())
-        if src != self.tr.rank:  # compute_shard copied what it needed out of the receive buffers
-            self.tr.give_buffer(wire_MW)
-            self.tr.give_buffer(meta_MC)
-        sent = dp.send_result(self.tr, ex, src, result_MV)
-        if sent is not None:
-            self.pending.append(sent)
+        start = 0
+        for s, (w, m) in zip(sources, parts, strict=True):
+            if s != self.tr.rank:  # compute_shard copied what it needed out of the receive buffers
+                self.tr.give_buffer(w)
+                self.tr.give_buffer(m)
+            rows = w.shape[0]
+            sent = dp.send_result(self.tr, ex, s, result_MV[start:start + rows])
+            start += rows
+            if sent is not None:
+                self.pending.append(sent)
         self._release_send(ex)
         return True
 
