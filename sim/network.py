@@ -21,9 +21,11 @@ single node, hierarchical paths are direct ones (DeepEP uses its intranode kerne
 Models (`sim.network`):
 - analytic: flow f arrives at max over its links of (link bytes / capacity) + its path latency;
 - flow: max-min fair sharing over time (sim.maxmin.simulate_flows), arrival = last byte + path latency.
-Both: a sender posts its messages one after another (`message_overhead_us` each, destinations in ring
-order from its own id), which delays the i-th message's arrival by i x overhead; forwarding is pipelined,
-so a hop-1 flow from f arrives no earlier than the hop-0 flows into f plus its own latency.
+Both: every message (flow between two GPUs) pays `message_overhead_us` once on top of its path latency.
+Posting is not serialised per sender: GPU-initiated transfers post from many warps at once, and DeepEP's
+low-latency dispatch grows by ~20 us from 64 to 256 peers (docs/legacy.md), which a serial 2 us per peer
+would turn into ~400 us. Forwarding is pipelined, so a hop-1 flow from f arrives no earlier than the hop-0
+flows into f plus its own latency.
 """
 
 from __future__ import annotations
@@ -215,21 +217,6 @@ def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: s
         physical_links=topo.links, link_bytes_L=flows.link_bytes_L * scale)
 
 
-def _posting_delay(src_F: np.ndarray, dst_F: np.ndarray, remote_F: np.ndarray, gpus: int, overhead_s: float):
-    """i x overhead for the i-th message (1-based) a sender posts, destinations in ring order."""
-    delay = np.zeros(len(src_F))
-    idx = np.flatnonzero(remote_F)
-    if not len(idx) or overhead_s <= 0:
-        return delay
-    ring = (dst_F[idx] - src_F[idx]) % gpus
-    order = np.lexsort((ring, src_F[idx]))
-    s_sorted = src_F[idx][order]
-    first = np.r_[0, np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1]
-    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-    delay[idx[order]] = (rank + 1) * overhead_s
-    return delay
-
-
 def _chunks(dst_F, arrive_F, tokens_F, gpus: int, chunks: int):
     """Per GPU, C chunks of equal token share: chunk c is ready when the flows carrying its tokens
     (in arrival order) have all arrived."""
@@ -282,8 +269,7 @@ def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_l
         seg_bytes = sol.link_bytes_SL[:, :physical] if record_links else np.zeros((0, physical))
         rounds = sol.rounds
     remote = p.src_F != p.dst_F
-    arrive_F = last_F + p.latency_F + _posting_delay(p.src_F, p.dst_F, remote, gpus,
-                                                      cluster.message_overhead_us * 1e-6)
+    arrive_F = last_F + p.latency_F + np.where(remote, cluster.message_overhead_us * 1e-6, 0.0)
     hop1 = np.flatnonzero(p.hop_F == 1)
     if len(hop1):  # pipelined forwarding: no earlier than what feeds the forwarder
         feed_G = np.zeros(gpus)
