@@ -46,6 +46,10 @@ def tag(key: int, kind: int) -> int:
     return key * 4 + kind
 
 
+def key_of_tag(t: int) -> int:
+    return t // 4
+
+
 @dataclass(frozen=True, eq=False)
 class SendPlan:
     """Where this rank's rows go: the metadata dispatch produces and combine consumes."""

@@ -114,8 +114,7 @@ class RankRuntime:
     def _on_complete(self, p: Pending) -> None:
         kind, key = (p.meta[0], p.meta[1]) if isinstance(p.meta, tuple) else (p.meta, None)
         if kind == "counts":
-            for ex in self.exchanges.values():
-                self._check_counts(ex)
+            self._check_counts(self.exchanges[dp.key_of_tag(p.tag)])
         elif kind == "shard":
             ex, src = self.exchanges[key], p.meta[2]
             ex.shard_parts[src] -= 1
