@@ -81,6 +81,7 @@ def plan_dispatch(key: int, slot_TK: np.ndarray, keep_TK: np.ndarray, w_TK: torc
     meta_NC = torch.empty(len(token_N), 2 * k, dtype=torch.int32)
     meta_NC[:, :k] = torch.from_numpy(local_NK.astype(np.int32))
     token_t = torch.from_numpy(token_N.astype(np.int64))
+    # host synchronization (on a GPU): the routing weights come to the host for the meta rows
     meta_NC[:, k:] = w_TK.detach().to("cpu", torch.float32).index_select(0, token_t).view(torch.int32)
     return SendPlan(key=key, token_N=token_t, counts_R=counts_R, offsets_R1=offsets_R1, meta_NC=meta_NC)
 
@@ -202,6 +203,7 @@ def compute_shard(block, expert_of_slot: list[int], wire_MW: torch.Tensor, meta_
     """Receiver side: each local expert on the rows that chose it, summed with the routing weights in
     float32, as combine wire rows [M, V]. `block.expert_forward(expert, x)` takes FP8 payload + scales."""
     k = meta_MC.shape[1] // 2
+    # the received host rows go to the compute device (a copy; the receive buffer can be reused after)
     x = unpack(wire_MW.to(device), hidden, dispatch_dtype)
     slot_MK = meta_MC[:, :k].to(device)
     w_MK = meta_MC[:, k:].contiguous().view(torch.float32).to(device)
@@ -230,8 +232,8 @@ def combine_rows(ex: Exchange, tokens: int, device: torch.device) -> torch.Tenso
     """Sender side, every result in: float32 [T, D] sum of the returned rows into their tokens."""
     plan = ex.plan
     out_TD = torch.zeros(tokens, ex.hidden, dtype=torch.float32, device=device)
-    for dst, buf in sorted(ex.result_bufs.items()):
-        y = unpack(buf.to(device), ex.hidden, ex.combine_dtype)
+    for dst, buf in sorted(ex.result_bufs.items()):  # fixed order: the sum does not depend on arrival
+        y = unpack(buf.to(device), ex.hidden, ex.combine_dtype)  # host receive buffer -> compute device
         y_ND = y.dequantize(torch.float32) if hasattr(y, "q_TD") else y.float()
         out_TD.index_add_(0, plan.token_N[plan.rows_to(dst)].to(device), y_ND)
     return out_TD
