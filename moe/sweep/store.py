@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ def make_record(backend: str, spec_hash: str, status: str, *, result: dict | Non
                 measures: dict | None = None, wall_s: float = 0.0) -> dict[str, Any]:
     assert status in STATUSES, status
     return {"record_version": RECORD_VERSION, "backend": backend, "spec_hash": spec_hash, "status": status,
-            "error": error, "wall_s": wall_s, "result": result, "measures": measures or {}}
+            "error": error, "wall_s": wall_s, "worker": f"{socket.gethostname()}:{os.getpid()}", "result": result,
+            "measures": measures or {}}
 
 
 def write_record(out: Path, record: dict[str, Any], trace: dict | None = None) -> None:
