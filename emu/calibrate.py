@@ -8,9 +8,11 @@ the rates are those a rank sees in an emulator run of that many ranks. Timing: w
 median of repeats; across ranks the median is kept.
 - gemm_table: the FP8 GEMMs of the `tiny` model (projections, dense FFN, experts) at several row counts
   through `moe.model.linear.fp8_linear` on bf16 activations (quantized inside, as the model calls it),
-  and BF16 products (the gate and core
-  attention run in BF16); fp8_TFLOPS / bf16_TFLOPS: the best rate measured per dtype (the roofline ceiling
-  the simulator uses outside the table);
+  and BF16 products: two square-ish matmuls and the router (float32 on the CPU, as moe.model.gate);
+  fp8_TFLOPS / bf16_TFLOPS: the best rate measured per dtype (the roofline ceiling the simulator uses
+  outside the table). The CPU attention core (scaled_dot_product_attention) runs about 10x below the
+  BF16 GEMM rate; it is not entered as table points, because the simulator interpolates efficiencies
+  across weight shapes and dtypes and such points would change the experts' predicted times;
 - hbm_GBps: bytes read + written by a large tensor copy; launch_overhead_us: one minimal torch op;
 - p2p_curve, nvlink_GBps: OSU bandwidth from rank 0 to rank 1 (a window of Isends, Irecvs posted ahead,
   Waitall, a one-byte acknowledgement), at the largest size for nvlink_GBps; nvlink_latency_us: half
@@ -78,6 +80,12 @@ def gemm_table(rows: tuple[int, ...], repeats: int) -> list[dict]:
             a = torch.randn(m, k, generator=gen).bfloat16()
             t = median_time_s(lambda a=a, b=b: a @ b, 2, repeats)
             out.append({"m": m, "k": k, "n": n, "dtype": "bf16", "TFLOPS": 2 * m * k * n / t / 1e12})
+    k, n = model.hidden, model.experts  # the router, as moe.model.gate computes it (float32 on the CPU)
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    for m in rows:
+        x = torch.randn(m, k, generator=gen).bfloat16()
+        t = median_time_s(lambda x=x, w=w: x.float() @ w.float().t(), 2, repeats)
+        out.append({"m": m, "k": k, "n": n, "dtype": "bf16", "TFLOPS": 2 * m * k * n / t / 1e12})
     return out
 
 
