@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+
 from emu.launch import hand_off, launch_calibrate, launch_run, launched_size
 from moe.backends import RunOutput
 from moe.errors import SpecError
@@ -38,6 +40,31 @@ def run_ranks(scenario: Scenario, tr) -> RunOutput | None:
     return output
 
 
+CPU_WEIGHT_COPIES = 5
+"""Host bytes per FP8 weight byte of a CPU run: the FP8 weights plus the float32 copy moe.model.linear
+keeps on CPUs for its dequantize path (4 bytes per FP8 byte)."""
+
+
+def check_host_memory(scenario: Scenario, ranks: int) -> None:
+    """Refuse, with the key to change, a CPU run whose ranks' weights and KV caches cannot fit this host
+    (e.g. the `paper` model on a laptop), instead of swapping or being killed."""
+    import torch
+
+    from moe.spec import sizes
+
+    if scenario.emu.device == "cuda" or (scenario.emu.device == "auto" and torch.cuda.is_available()):
+        return
+    mem = sizes.memory_per_gpu(scenario)
+    weights = sum(mem[k] for k in ("attention_bytes", "dense_ffn_bytes", "gate_and_shared_bytes",
+                                   "routed_expert_bytes"))
+    need = ranks * (CPU_WEIGHT_COPIES * weights + mem["kv_cache_bytes"] + mem["buffer_bytes"])
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise SpecError("model.preset", scenario.model.preset,
+                        f"{ranks} CPU ranks of this model need about {need / 1e9:.0f} GB of host memory and "
+                        f"this host has {have / 1e9:.0f} GB; use a smaller model (model.preset=tiny) or GPUs")
+
+
 def wanted_ranks(scenario: Scenario, ranks: int | None) -> int:
     n = ranks or scenario.emu.ranks or scenario.cluster.gpus
     if n != scenario.cluster.gpus:
@@ -54,6 +81,7 @@ def run(scenario: Scenario, *, ranks: int | None = None) -> RunOutput | None:
             raise SpecError("--ranks", ranks, f"this process is one of {size} ranks started by a launcher")
         return run_ranks(scenario, _transport(single=False))
     n = wanted_ranks(scenario, ranks)
+    check_host_memory(scenario, n)
     if n == 1:
         return run_ranks(scenario, _transport(single=True))
     output = launch_run(scenario, n)
@@ -66,8 +94,6 @@ def run(scenario: Scenario, *, ranks: int | None = None) -> RunOutput | None:
 def calibrate(*, ranks: int | None = None, quick: bool = False) -> dict | None:
     """Microbenchmarks of this machine -> a cpu-host-style profile (emu.calibrate). Outside a launcher it
     starts `ranks` (default: one per core, at least 2) ranks itself."""
-    import os
-
     size = launched_size()
     if size is None:
         n = ranks or max(2, os.cpu_count() or 2)

@@ -74,3 +74,12 @@ def test_rank_count_must_match_the_cluster(tmp_path):
     proc, _ = run_cli(tmp_path, spec(2), 3)
     assert proc.returncode == 2
     assert "--ranks=3: the emulator runs one rank per GPU and the cluster has 2" in proc.stderr
+
+
+def test_a_model_too_big_for_the_host_is_refused_before_launch(tmp_path):
+    data = {**spec(8), "model": {"preset": "paper"}, "cluster": {"preset": "h800-ib", "nodes": 32, "gpus_per_node": 8},
+            "placement": {"strategy": "one_per_gpu"}}
+    proc, took = run_cli(tmp_path, data, 256)
+    assert proc.returncode == 2, proc.stderr
+    assert "model.preset='paper': 256 CPU ranks of this model need about" in proc.stderr
+    assert took < DEADLINE_S
