@@ -79,6 +79,9 @@ def run(scenario: Scenario, *, ranks: int | None = None) -> RunOutput | None:
     if size is not None:  # already one rank of an mpiexec job
         if ranks and ranks != size:
             raise SpecError("--ranks", ranks, f"this process is one of {size} ranks started by a launcher")
+        from emu.job import ranks_on_host
+
+        check_host_memory(scenario, ranks_on_host(size))
         return run_ranks(scenario, _transport(single=False))
     n = wanted_ranks(scenario, ranks)
     check_host_memory(scenario, n)
