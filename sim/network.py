@@ -44,7 +44,7 @@ FLOW_BATCH_RTOL = 0.05
 FLOW_RATE_RTOL = 0.01
 """Links within 1% of the bottleneck level saturate in the same progressive-filling round. With both
 tolerances, per-GPU completion of the `paper` EP256 dispatch (uniform routing) is within 0.7% of the exact
-solution (4164 max-min computations exact, 5 here); tests/test_sim_network.py checks a skewed 8 x 8 case
+solution (4164 max-min computations exact, 5 here); tests/test_sim_network.py checks a skewed 4 x 8 case
 against the exact solve (within 1.5%)."""
 SIZE_WEIGHTED = True
 """Flows share links in proportion to their sizes (weighted max-min, weight = bytes of the flow): a kernel
