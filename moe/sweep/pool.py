@@ -89,7 +89,11 @@ def _died(task: Task, how: str) -> Outcome:
                                                                         f"this point ({how})"), None
 
 
-def _drive(executor: Executor, tasks: list[Task], in_flight: int, done: Callable[[Task, Outcome], None]) -> list[Task]:
+Runner = Callable[[Task], Outcome]
+
+
+def _drive(executor: Executor, tasks: list[Task], in_flight: int, done: Callable[[Task, Outcome], None],
+           fn: Runner = run_point) -> list[Task]:
     """Keep `in_flight` tasks submitted until all are done; returns the tasks in flight when the pool
     broke (empty when it did not)."""
     queue = list(reversed(tasks))
@@ -98,7 +102,7 @@ def _drive(executor: Executor, tasks: list[Task], in_flight: int, done: Callable
         while queue or running:
             while queue and len(running) < in_flight:
                 task = queue.pop()
-                running[executor.submit(run_point, task)] = task
+                running[executor.submit(fn, task)] = task
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
                 task = running.pop(fut)
@@ -119,22 +123,23 @@ def _context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def run_local(tasks: list[Task], jobs: int, done: Callable[[Task, Outcome], None]) -> None:
-    """Serially when jobs <= 1 or a single task; else a pool of `jobs` worker processes."""
+def run_local(tasks: list[Task], jobs: int, done: Callable[[Task, Outcome], None], fn: Runner = run_point) -> None:
+    """Serially when jobs <= 1 or a single task; else a pool of `jobs` worker processes. `fn` runs one
+    task (a module-level function, so that worker processes can import it)."""
     if jobs <= 1 or len(tasks) <= 1:
         for task in tasks:
-            done(task, run_point(task))
+            done(task, fn(task))
         return
     pending = tasks
     while pending:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
-            broken = _drive(pool, pending, jobs, done)
+            broken = _drive(pool, pending, jobs, done, fn)
         if not broken:
             return
         suspects, pending = broken[:jobs], broken[jobs:]
         for task in suspects:  # alone in a fresh worker: only the culprit dies again
             with ProcessPoolExecutor(max_workers=1, mp_context=_context()) as pool:
-                if _drive(pool, [task], 1, done):
+                if _drive(pool, [task], 1, done, fn):
                     done(task, _died(task, "killed or crashed; rerun alone, it died again"))
 
 
