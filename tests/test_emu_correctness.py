@@ -1,5 +1,6 @@
 """The emulator's distributed output equals the single-process reference `forward`, and its measured token
-matrix equals moe.traffic's, for every placement strategy (replicas included) and schedule.
+matrix equals moe.traffic's, for every placement strategy (replicas included), schedule and routing
+source (synthetic, gate, trace replay).
 
 One test body (`check_cases`) runs on one rank in-process (COMM_SELF) and, as this file run as a script,
 under `mpiexec -n N` on COMM_WORLD (N = 2, 4, 16), in the manner of mpi4py's own tests.
@@ -39,6 +40,8 @@ BASE = {"name": "emu-check", "model": {"preset": "tiny"},
         "emu": {"warmup": 0, "repeats": 1, "timeout_s": 60.0, "threads": 1}}
 
 
+EXAMPLE_TRACE = ROOT / "moe" / "routing" / "traces" / "example_tiny.npz"
+"""A routing trace of the tiny model shipped with moe.routing (16 experts, top-4)."""
 QUICK = ("replicate_hot+replicas", "layer-pipeline/chunks", "capacity/2-steps")
 """The cases of the default (fast) multi-rank test: replicas, pipelined chunks, capacity drops."""
 
@@ -69,6 +72,8 @@ def cases(ranks: int, quick: bool = False) -> list[tuple[str, list[str]]]:
             ("capacity/2-steps", c + ["placement.strategy=contiguous", "workload.load_balance.method=capacity",
                                       "workload.load_balance.capacity_factor=1.0", "workload.steps=2",
                                       "workload.routing.distribution=zipf", "workload.routing.skew=1.5"]),
+            ("trace", c + ["placement.strategy=contiguous", "workload.routing.distribution=trace",
+                           f"workload.routing.trace={EXAMPLE_TRACE}"]),
             ("decode/gate", c + ["placement.strategy=contiguous", "workload.phase=decode",
                                  "workload.routing.distribution=gate", "workload.context_len=16",
                                  "schedule.micro_batches=2"])]
