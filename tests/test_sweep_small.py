@@ -26,7 +26,8 @@ SMALL = {
     "ep_scaling": {
         "base": {**TINY, "cluster": {**TINY["cluster"], "memory_GB": 0.0033}},  # 4 GPUs x 4 experts: too big
         "axes": {"grid": {"workload.routing.skew": [0.0, 0.5]},
-                 "zip": [{"cluster.nodes": [1, 2, 4], "placement.strategy": ["contiguous", "contiguous", "one_per_gpu"]},
+                 "zip": [{"cluster.nodes": [1, 2, 4],
+                          "placement.strategy": ["contiguous", "contiguous", "one_per_gpu"]},
                          {"workload.phase": ["prefill", "decode"], "workload.tokens_per_gpu": [64, 8]}]}},
     "placement": {
         "base": TINY,
@@ -83,7 +84,7 @@ def make_small(root: Path, name: str) -> Path:
     else:
         body = {"name": name, "plot": name, **SMALL[name]}
     path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(body))
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
     out = root / "results" / name
     assert run_sweep(path, out=out) == 0
     return out

@@ -66,7 +66,8 @@ class Sweep:
     measured: Path | None = None
     description: str = ""
     cache: dict = field(default_factory=dict, compare=False, repr=False)
-    """The base scenario resolved with its presets, once (see scenario_with)."""
+    """The base scenario resolved with its presets, once (see scenario_with); a copy of the Sweep with
+    another base_raw needs a fresh cache."""
 
     @property
     def axes(self) -> tuple[Axis, ...]:
