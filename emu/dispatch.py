@@ -27,6 +27,7 @@ Tags: tag = key * 4 + kind, key = (step-local layer, micro-batch) index; see `ta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,9 +200,11 @@ def post_receives(tr: Transport, ex: Exchange, k: int) -> list[Pending]:
 
 
 def compute_shard(block, expert_of_slot: list[int], wire_MW: torch.Tensor, meta_MC: torch.Tensor, hidden: int,
-                  dispatch_dtype: str, combine_dtype: str, device: torch.device) -> torch.Tensor:
+                  dispatch_dtype: str, combine_dtype: str, device: torch.device,
+                  progress: Callable[[], object] | None = None) -> torch.Tensor:
     """Receiver side: each local expert on the rows that chose it, summed with the routing weights in
-    float32, as combine wire rows [M, V]. `block.expert_forward(expert, x)` takes FP8 payload + scales."""
+    float32, as combine wire rows [M, V]. `block.expert_forward(expert, x)` takes FP8 payload + scales.
+    `progress` is called between experts, so transfers in flight keep moving during a long shard."""
     k = meta_MC.shape[1] // 2
     # the received host rows go to the compute device (a copy; the receive buffer can be reused after)
     x = unpack(wire_MW.to(device), hidden, dispatch_dtype)
@@ -214,6 +217,8 @@ def compute_shard(block, expert_of_slot: list[int], wire_MW: torch.Tensor, meta_
             continue
         y_RD = block.expert_forward(expert, x.index_select(rows) if hasattr(x, "q_TD") else x.index_select(0, rows))
         out_MD.index_add_(0, rows, y_RD.float() * w_MK[rows, cols, None])
+        if progress is not None:
+            progress()
     return pack(out_MD, combine_dtype)
 
 

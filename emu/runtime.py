@@ -162,7 +162,7 @@ class RankRuntime:
         layer = self._layer_of_key(key)
         block = self.model.block(layer)
         sources = sorted(ex.shard_bufs) if src == ALL_SOURCES else [src]
-        parts = [ex.shard_bufs.pop(s) for s in sources]
+        parts = [ex.shard_bufs[s] for s in sources]  # removed only once computed (see _release_send)
         if self.fault_armed:
             maybe_fail(self.opts, self.tr.rank, "expert", self.opts.timeout_s)
         with self.clock.span("expert", layer, key % len(self.mbs)):
@@ -170,7 +170,10 @@ class RankRuntime:
             wire_MW = parts[0][0] if len(parts) == 1 else torch.cat([w for w, _ in parts])
             meta_MC = parts[0][1] if len(parts) == 1 else torch.cat([m for _, m in parts])
             result_MV = dp.compute_shard(block, self.expert_of_slot, wire_MW, meta_MC, self.cfg.hidden,
-                                         self.sched.dispatch_dtype, self.sched.combine_dtype, self.device)
+                                         self.sched.dispatch_dtype, self.sched.combine_dtype, self.device,
+                                         progress=self._take_completions)
+        for s in sources:
+            del ex.shard_bufs[s]
         k = self.cfg.top_k
         self.stats.requests_J[layer - self.cfg.dense_layers] += int((meta_MC[:, :k] >= 0).sum())
         start = 0
@@ -242,6 +245,7 @@ class RankRuntime:
             # prefill chunks keep the prefill form of MLA (the reference runs the whole prompt at once)
             x_TD = block.attention(st.x_TD, self.caches[mb.group][layer], absorbed=self.absorbed)
         st.attention_done = layer
+        self._take_completions()  # progress between the layer's compute pieces
         if not block.is_moe:
             with self.clock.span("dense", layer, i):
                 z_TD = block.ffn_input(x_TD)
