@@ -199,3 +199,25 @@ def test_mpiexec_ranks_run_the_points(tmp_path):
     assert proc.stderr.count("s: 6 points") == 1  # only rank 0 writes and reports
     workers = {r["worker"] for r in read_records(out).values() if r["status"] == "ok"}
     assert len(workers) >= 2  # both worker ranks took points
+
+
+@pytest.mark.parametrize("method", ["bias", "capacity"])
+def test_per_step_load_agrees_with_the_simulators_last_step(method):
+    """The measure re-routes the steps the simulator routed: its last step is the Result's."""
+    from moe.backends import load_backend
+    from moe.spec import load_scenario
+    from moe.sweep.measures import per_step_load
+
+    s = load_scenario({**BASE, "workload": {**BASE["workload"], "steps": 3, "routing": {"distribution": "zipf",
+                       "skew": 1.0}, "load_balance": {"method": method, "gamma": 0.5}}})
+    m = per_step_load(s)
+    r = load_backend("sim").run(s).result
+    assert len(m["step_gpu_imbalance"]) == 3 == len(r.step_time_s_all)
+    assert m["step_gpu_imbalance"][-1] == pytest.approx(r.expert_load_imbalance)
+    requests = s.cluster.gpus * s.workload.tokens_per_gpu * s.model.top_k
+    assert m["step_dropped_fraction"][-1] * requests * s.model.moe_layers == pytest.approx(r.dropped_tokens)
+    if method == "bias":
+        assert m["step_expert_imbalance"][-1] < m["step_expert_imbalance"][0]
+        assert r.dropped_tokens == 0
+    else:
+        assert r.dropped_tokens > 0

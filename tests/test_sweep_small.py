@@ -34,12 +34,12 @@ SMALL = {
         "axes": {"grid": {"workload.routing.skew": [0.0, 1.0]},
                  "zip": {"placement.strategy": ["contiguous", "replicate_hot", "topology_aware"],
                          "placement.replicas": [0, 4, 4], "placement.search_iters": [1, 1, 50]}},
-        "set": {"sim.link_timeline": True}, "traces": [3, 5]},
+        "set": {"sim.link_timeline": True}, "traces": [5]},
     "overlap": {
         "base": TINY, "set": {"sim.link_timeline": True},
         "axes": {"grid": {"schedule.micro_batches": [1, 2], "schedule.layer_pipeline": [False, True]},
                  "zip": {"workload.phase": ["prefill", "decode"], "workload.tokens_per_gpu": [64, 16]}},
-        "traces": [0, 4]},
+        "traces": [4]},
     "load_balance": {
         "base": TINY, "set": {"workload.steps": 4, "workload.load_balance.gamma": 0.5},
         "axes": {"grid": {"workload.routing.skew": [1.0],

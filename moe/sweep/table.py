@@ -66,7 +66,9 @@ def _cell(value: Any) -> Any:
 
 
 def column_names(rows: list[dict[str, Any]]) -> list[str]:
-    names: dict[str, None] = {}
+    """Columns in first-seen order; the META columns when there are no rows (an empty table still has
+    a header)."""
+    names: dict[str, None] = dict.fromkeys(META)
     for row in rows:
         for key in row:
             names.setdefault(key, None)
