@@ -163,3 +163,16 @@ def test_preset_axes_go_through_the_loader():
     a, b = expand(s)
     assert a.scenario.cluster.nvlink_GBps != b.scenario.cluster.nvlink_GBps  # the preset's values, not the base's
     assert b.scenario.cluster.nodes == 2  # the base's own setting still wins over the preset
+
+
+def test_a_failed_derivation_leaves_the_key_empty_in_the_table(tmp_path):
+    from moe.sweep import read_table, run_sweep
+
+    path = tmp_path / "s.yaml"
+    body = sweep(set={"workload.phase": "decode"}, derive={"workload.tokens_per_gpu": "max_fitting"},
+                 axes={"grid": {"cluster.memory_GB": [80.0, 0.0001]}})
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    assert run_sweep(path, out=tmp_path / "out") == 0
+    df = read_table(tmp_path / "out")
+    assert list(df["status"]) == ["ok", "infeasible"]
+    assert df["workload.tokens_per_gpu"][0] == 64 and df["workload.tokens_per_gpu"].isna()[1]

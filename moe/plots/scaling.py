@@ -86,7 +86,7 @@ def ep_scaling(df) -> dict[str, Figure]:
         ax.legend(fontsize=8)
         bars.set_xticks(np.arange(len(ep_all)), [str(int(g)) for g in ep_all])
         bars.set_xlabel("GPUs (EP degree)" + (f"; plain bars: zipf skew {skews[0]}" if len(skews) > 1 else ""))
-    axes[1, 0].legend(fontsize=7, ncols=2)
+    axes[1, 0].legend(fontsize=7, ncols=2, loc="center right")
     fig.suptitle(f"EP scaling: {df['model.preset'].iloc[0]} model on {df['cluster.preset'].iloc[0]}")
     return {"ep_scaling": fig}
 

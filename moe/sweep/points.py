@@ -80,6 +80,7 @@ def make_point(sweep: Sweep, index: int, values: dict[str, Any], columns: dict[s
         check_scenario(scenario)
     except SpecError as err:
         infeasible = str(err)
+        values = {**values, **{k: None for k in sweep.derive if k not in values}}  # not derived: no value
     return Point(index=index, values=values, scenario=scenario, spec_hash=spec_hash(scenario),
                  infeasible=infeasible, columns=columns or {})
 

@@ -97,8 +97,8 @@ def _summary(sweep: Sweep, rows: list[dict[str, Any]], written: list[Path], stre
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    print(f"{sweep.name}: {len(rows)} points ({text}); wrote {', '.join(str(p) for p in written)}", file=stream)
+    text = " (" + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ")" if counts else ""
+    print(f"{sweep.name}: {len(rows)} points{text}; wrote {', '.join(str(p) for p in written)}", file=stream)
     failed = [r for r in rows if r["status"] == "failed"]
     for row in failed[:SHOWN_FAILURES]:
         print(f"  point {row['point']} failed: {row['error'].splitlines()[0]}", file=stream)
