@@ -176,3 +176,13 @@ def test_a_failed_derivation_leaves_the_key_empty_in_the_table(tmp_path):
     df = read_table(tmp_path / "out")
     assert list(df["status"]) == ["ok", "infeasible"]
     assert df["workload.tokens_per_gpu"][0] == 64 and df["workload.tokens_per_gpu"].isna()[1]
+
+
+def test_sweep_and_plots_import_no_simulator_mpi_torch_or_plotting():
+    import subprocess
+    import sys
+
+    code = ("import sys, moe.sweep, moe.plots; "
+            "bad = {'simpy', 'mpi4py', 'torch', 'matplotlib', 'pandas', 'pyarrow'} & set(sys.modules); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -221,3 +221,10 @@ def test_per_step_load_agrees_with_the_simulators_last_step(method):
         assert r.dropped_tokens == 0
     else:
         assert r.dropped_tokens > 0
+
+
+def test_an_unavailable_backend_stops_before_any_point(tmp_path, capsys):
+    path, out = write_sweep(tmp_path, **SKEWS), tmp_path / "out"
+    assert main(["sweep", str(path), "--backend", "quantum", "--out", str(out)]) == 1
+    assert "unknown backend 'quantum'" in capsys.readouterr().err
+    assert not out.exists()

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from moe.errors import SpecError
+from moe.errors import BackendUnavailable, SpecError
 from moe.spec.schema import Scenario
 from moe.sweep.measures import run_measures
 from moe.sweep.store import make_record
@@ -147,8 +147,12 @@ def run_local(tasks: list[Task], jobs: int, done: Callable[[Task, Outcome], None
 def mpi_executor() -> Iterator[tuple[Executor | None, int]]:
     """Under mpiexec: (executor, workers) on rank 0, which schedules; (None, 0) on the other ranks, which
     serve points inside this call until rank 0 leaves its `with` block (normally or by an exception)."""
-    from mpi4py import MPI
-    from mpi4py.futures import MPICommExecutor
+    try:
+        from mpi4py import MPI
+        from mpi4py.futures import MPICommExecutor
+    except ImportError:
+        raise BackendUnavailable("sweep: running under an MPI launcher needs mpi4py (pip install 'moetb[mpi]')") \
+            from None
 
     comm = MPI.COMM_WORLD
     with MPICommExecutor(comm, root=0) as executor:
