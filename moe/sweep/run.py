@@ -61,14 +61,15 @@ def manifest(sweep: Sweep, points: list[Point]) -> dict[str, Any]:
 
 
 def pending_tasks(sweep: Sweep, points: list[Point], records: dict[str, dict], retry_failed: bool) -> list[Task]:
-    """One task per distinct scenario that has no record yet (or a failed one, with retry_failed)."""
+    """One task per distinct scenario that has no record yet; with retry_failed also those recorded as
+    failed, or as infeasible by the backend while they pass the scenario checks now."""
     tasks: dict[str, Task] = {}
     for p in points:
         if p.infeasible or p.scenario is None:
             continue
         pid = point_id(sweep.backend, p.spec_hash)
         rec = records.get(pid)
-        if rec is not None and not (retry_failed and rec["status"] == "failed"):
+        if rec is not None and not (retry_failed and rec["status"] in ("failed", "infeasible")):
             continue
         keep = sweep.keeps_trace(p.index) or (pid in tasks and tasks[pid].keep_trace)
         tasks[pid] = Task(sweep.backend, p.scenario, p.spec_hash, sweep.measures, keep)
@@ -79,6 +80,8 @@ def table_rows(sweep: Sweep, points: list[Point], records: dict[str, dict], out:
     rows = []
     for p in points:
         rec = records.get(point_id(sweep.backend, p.spec_hash)) or {}
+        if p.infeasible:  # decided by this expansion, whatever an older record of the scenario says
+            rec = {"status": "infeasible", "error": p.infeasible}
         result = rec.get("result")
         meta = {"sweep": sweep.name, "point": p.index, "status": rec.get("status", "pending"),
                 "error": rec.get("error", "") or p.infeasible, "backend": sweep.backend, "spec_hash": p.spec_hash,
