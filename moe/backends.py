@@ -17,6 +17,8 @@ from moe.errors import BackendUnavailable
 from moe.result import Result, Trace
 
 BACKENDS = {"sim": "sim.backend", "emu": "emu.backend", "real": "real.backend"}
+EXECUTORS = {"mpi": "emu.sweep_executor"}
+"""Sweep executors by name: a module with `executor()`, a context manager (see moe.sweep.pool)."""
 
 
 @dataclass
@@ -36,3 +38,13 @@ def load_backend(name: str) -> ModuleType:
             raise BackendUnavailable(f"backend {name!r} is not built yet ({module} does not exist)") from None
         raise BackendUnavailable(f"backend {name!r} needs the Python package {err.name!r}, which is not "
                                  "installed") from None
+
+
+def load_executor(name: str):
+    """The `executor` context manager of a sweep executor module (imported lazily, like backends)."""
+    module = EXECUTORS[name]
+    try:
+        return importlib.import_module(module).executor
+    except ModuleNotFoundError as err:
+        raise BackendUnavailable(f"sweep executor {name!r} needs the Python package {err.name!r} "
+                                 "(pip install 'moetb[mpi]')") from None

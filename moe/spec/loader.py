@@ -7,6 +7,8 @@ cross-field checks (`moe.spec.checks`). Every failure is a `SpecError` naming th
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 from importlib import resources
@@ -39,9 +41,14 @@ def read_yaml(path: str | Path) -> Any:
         raise SpecError(str(path), where, f"malformed YAML: {problem}") from None
 
 
-def preset_names(kind: str) -> list[str]:
+@functools.cache
+def _preset_files(kind: str) -> tuple[str, ...]:
     folder = resources.files("moe.spec") / "presets" / f"{kind}s"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+def preset_names(kind: str) -> list[str]:
+    return list(_preset_files(kind))
 
 
 def load_preset(kind: str, name: object, base_dir: Path | None = None) -> dict:
@@ -60,6 +67,12 @@ def load_preset(kind: str, name: object, base_dir: Path | None = None) -> dict:
         return data
     if not isinstance(name, str) or name not in preset_names(kind):
         raise SpecError(f"{kind}.preset", name, f"unknown preset; known: {', '.join(preset_names(kind))}")
+    return copy.deepcopy(_packaged_preset(kind, name))
+
+
+@functools.cache
+def _packaged_preset(kind: str, name: str) -> dict:
+    """Parsed once per process (sweeps build thousands of scenarios); callers get deep copies."""
     with resources.as_file(resources.files("moe.spec") / "presets" / f"{kind}s" / f"{name}.yaml") as p:
         return read_yaml(p) or {}
 

@@ -9,8 +9,8 @@ records (so MPI ranks need no shared filesystem). A worker process that dies (ki
 breaks a local pool: the points that were in flight are rerun one at a time in a fresh worker, and the
 one that kills its worker again is recorded as failed.
 
-mpi4py is imported only under an MPI launcher (detected from its environment variables), so the `moe`
-package does not need it otherwise.
+Under an MPI launcher (detected from its environment variables) points run on the executor of
+`emu.sweep_executor`, found by name through moe.backends, so `moe` itself never imports mpi4py.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import multiprocessing
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from moe.errors import BackendUnavailable, SpecError
+from moe.backends import load_executor
+from moe.errors import SpecError
 from moe.spec.schema import Scenario
 from moe.sweep.measures import run_measures
 from moe.sweep.store import make_record
@@ -143,20 +143,11 @@ def run_local(tasks: list[Task], jobs: int, done: Callable[[Task, Outcome], None
                     done(task, _died(task, "killed or crashed; rerun alone, it died again"))
 
 
-@contextmanager
-def mpi_executor() -> Iterator[tuple[Executor | None, int]]:
-    """Under mpiexec: (executor, workers) on rank 0, which schedules; (None, 0) on the other ranks, which
-    serve points inside this call until rank 0 leaves its `with` block (normally or by an exception)."""
-    try:
-        from mpi4py import MPI
-        from mpi4py.futures import MPICommExecutor
-    except ImportError:
-        raise BackendUnavailable("sweep: running under an MPI launcher needs mpi4py (pip install 'moetb[mpi]')") \
-            from None
-
-    comm = MPI.COMM_WORLD
-    with MPICommExecutor(comm, root=0) as executor:
-        yield executor, max(comm.Get_size() - 1, 1)
+def mpi_executor():
+    """Under mpiexec: a context manager giving (executor, workers) on rank 0, which schedules, and (None, 0)
+    on the other ranks, which serve points inside it. It lives in the MPI package (`emu.sweep_executor`),
+    resolved by name, so that `moe` itself never imports mpi4py."""
+    return load_executor("mpi")()
 
 
 def run_tasks(tasks: list[Task], jobs: int, done: Callable[[Task, Outcome], None],

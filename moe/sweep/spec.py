@@ -29,11 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from moe.errors import SpecError
-from moe.spec.checks import check_scenario
-from moe.spec.loader import apply_override, build_scenario, read_yaml, scenario_dict
+from moe.spec.loader import apply_override, build_scenario, read_yaml
 from moe.spec.schema import Scenario
 
 FILE_KEYS = ("name", "description", "backend", "base", "set", "axes", "derive", "measures", "traces", "plot",
@@ -65,9 +62,6 @@ class Sweep:
     plot: str = ""
     measured: Path | None = None
     description: str = ""
-    cache: dict = field(default_factory=dict, compare=False, repr=False)
-    """The base scenario resolved with its presets, once (see scenario_with); a copy of the Sweep with
-    another base_raw needs a fresh cache."""
 
     @property
     def axes(self) -> tuple[Axis, ...]:
@@ -216,36 +210,9 @@ def load_sweep(path: str | Path, backend: str | None = None) -> Sweep:
     return parse_sweep(read_yaml(path), path, backend)
 
 
-WHOLE_SECTIONS = ("model", "cluster", "workload", "workload.routing")
-
-
-def _slow_path(key: str) -> bool:
-    """Keys whose setting needs the whole loader: presets (they change other keys' defaults), sections
-    that hold them or a trace file, and trace files (resolved relative to the base's folder)."""
-    return key.split(".")[-1] in ("preset", "trace") or key in WHOLE_SECTIONS
-
-
 def scenario_with(sweep: Sweep, values: dict[str, Any], check: bool = False) -> Scenario:
-    """The base scenario with key path -> value settings applied (typed values, not strings).
-
-    Reading preset files dominates building a scenario, so settings that cannot change a preset are
-    applied to the base resolved once (the same Scenario the loader builds, validated by the same
-    schema); anything else, and any invalid value, goes through the loader, which names the key."""
-    if not any(_slow_path(k) for k in values):
-        if "base" not in sweep.cache:
-            sweep.cache["base"] = scenario_dict(build_scenario(copy.deepcopy(sweep.base_raw), (), sweep.base_dir,
-                                                               check=False))
-        raw = copy.deepcopy(sweep.cache["base"])
-        try:
-            for key, value in values.items():
-                apply_override(raw, key, value)
-            scenario = Scenario.model_validate(raw)
-        except (ValidationError, SpecError):
-            pass  # the loader below reports it with its key path
-        else:
-            if check:
-                check_scenario(scenario)
-            return scenario
+    """The base scenario with key path -> value settings applied (typed values, not strings), through the
+    loader, which names the key of an invalid value."""
     raw = copy.deepcopy(sweep.base_raw)
     for key, value in values.items():
         apply_override(raw, key, value)

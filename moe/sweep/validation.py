@@ -72,7 +72,7 @@ def validation_points(sweep: Sweep) -> list[Point]:
         if r.backend == sweep.backend:
             continue
         cols = measured_columns(sweep.measured, path, r)
-        base = dataclasses.replace(sweep, base_raw=dict(r.spec), base_dir=path.parent, cache={})
+        base = dataclasses.replace(sweep, base_raw=dict(r.spec), base_dir=path.parent)
         try:
             point = make_point(base, len(points), {}, cols)
             unchanged = point.spec_hash == r.spec_hash
