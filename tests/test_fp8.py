@@ -17,15 +17,6 @@ from moe.model import fp8
 from moe.spec import sizes
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _bound_ok(x: torch.Tensor, back: torch.Tensor, scale_full: torch.Tensor) -> bool:
     return bool(((back - x).abs() <= 2.0 ** -4 * x.abs() + 2.0 ** -10 * scale_full + 1e-30).all())
 

@@ -19,16 +19,6 @@ from moe.model import linear
 from moe.model.fp8 import quantize_act, quantize_weight
 from moe.model.linear import Fp8Weight, Linear, fp8_linear
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 BLOCKWISE_BOUND, ROWWISE_BOUND = 0.045, 0.06
 
 

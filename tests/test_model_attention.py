@@ -9,16 +9,6 @@ from moe.model.attention import rope
 from moe.model.model import build_layer, hidden_states
 from moe.spec import load_scenario, sizes
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 F32 = torch.float32
 
 

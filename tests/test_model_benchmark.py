@@ -5,18 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import pytest
-import torch
 from conftest import ROOT
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _load_benchmark():

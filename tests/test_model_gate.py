@@ -11,15 +11,6 @@ from moe.model.model import hidden_states
 from moe.spec import load_scenario
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model(**over):
     return load_scenario({"model": {"preset": "tiny", **over}, "cluster": {"nodes": 2, "gpus_per_node": 8}},
                          check=False).model

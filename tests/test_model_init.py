@@ -16,16 +16,6 @@ from moe.model.ffn import SwiGLUBank
 from moe.model.layer import Block
 from moe.spec import load_scenario
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 M32 = 0xFFFFFFFF
 
 

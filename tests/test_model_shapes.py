@@ -16,15 +16,6 @@ from moe.model.model import build_layer, hidden_states
 from moe.spec import load_scenario
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one thread is as fast, and two spin badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model(preset="tiny", **over):
     return load_scenario({"model": {"preset": preset, **over}, "cluster": {"nodes": 32, "gpus_per_node": 8}},
                          check=False).model
