@@ -95,6 +95,20 @@ class CurvePoint(Section):
     GBps: PosFloat
 
 
+class OpPoint(Section):
+    """One measured operation of the runtime (moe.model.optable): `op` on `tokens` tokens (rows for
+    `expert`) with `context` keys per sequence (attention; 0 elsewhere) took `s` seconds, for the model
+    dims named by `model` (moe.model.shapes.op_signature). `per_node`: ranks that shared the node's cores
+    while it was measured (CPU calibration); 0 when ranks do not share a device (GPUs)."""
+
+    op: Text
+    model: Text
+    tokens: PosInt
+    context: NonNegInt = 0
+    s: PosFloat
+    per_node: NonNegInt = 0
+
+
 class Cluster(Section):
     preset: Text = "h800-ib"
     name: Text = ""
@@ -132,6 +146,9 @@ class Cluster(Section):
     """Measured all-to-all bus bandwidth versus bytes per rank (calibration)."""
     p2p_curve: tuple[CurvePoint, ...] = ()
     """Measured point-to-point bandwidth per direction versus message bytes (calibration)."""
+    op_table: tuple[OpPoint, ...] = ()
+    """Measured times of the runtime's own operations (calibration); the simulator prefers them to its
+    cost model for the model dims they were measured for."""
 
     @property
     def gpus(self) -> int:
