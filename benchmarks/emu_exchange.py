@@ -41,7 +41,8 @@ def synthetic_plan(key: int, rows_per_peer: int, ranks: int) -> dp.SendPlan:
     n = rows_per_peer * ranks
     counts_R = np.full(ranks, rows_per_peer, dtype=np.int64)
     meta = torch.zeros(n, 2 * TOP_K, dtype=torch.int32)
-    return dp.SendPlan(key=key, token_N=torch.arange(n), counts_R=counts_R,
+    return dp.SendPlan(key=key, token_N=torch.arange(n), token_dev_N=torch.arange(n), counts_R=counts_R,
+                       requests_RS=np.zeros((ranks, 1), dtype=np.int64),
                        offsets_R1=np.concatenate([[0], np.cumsum(counts_R)]), meta_NC=meta)
 
 

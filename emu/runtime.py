@@ -15,6 +15,14 @@ and only when nothing is runnable it waits (bounded) for any operation to comple
   schedule.layer_pipeline=false a micro-batch starts layer l + 1 only when every micro-batch finished l
 A step ends on a rank when its micro-batches are through every layer and it has served every shard
 sent to it and every send has completed.
+
+With a grouped transport (`emu.transport`; real/), whose shards of a (layer, micro-batch) move in one
+collective per direction, three things change so that every rank issues the collectives in one order:
+the shards of a (layer, micro-batch) are computed together, even when a rank has none (its empty result
+still joins the collective); MoE layer fronts start in key order (layer-major, then micro-batch); and
+fronts come before shards in the loop, since on a GPU the host only enqueues work and the enqueue order
+is the order the device runs it: micro-batch i + 1's front and dispatch are queued before micro-batch
+i's experts, so its transfer overlaps them. Received buffers are read only after `Transport.ready`.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from emu.faults import maybe_fail
 from emu.microbatch import Layout, new_caches
 from emu.plan import RunPlan
 from emu.timing import PhaseClock
-from emu.transport import Pending, Transport
+from emu.transport import Pending, Transport, host_to
 from moe.model.fp8 import wire_bytes_per_token
 from moe.spec.schema import Scenario
 
@@ -60,6 +68,13 @@ class StepStats:
     end_s: float = 0.0
 
 
+def planned_weights(block, z_TD: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
+    """Routing weights [T, K] of the planned expert ids, as `Block.route(z, ids)` computes them (the gate's
+    scores and weights), without the range check of given ids in `Gate.forward`, which reads the ids back
+    to the host (a host synchronization on a GPU); the plan's ids are valid by construction."""
+    return block.gate.weights(block.gate.scores(z_TD), ids_TK)
+
+
 class RankRuntime:
     def __init__(self, scenario: Scenario, transport: Transport, plan: RunPlan, model, lay: Layout,
                  clock: PhaseClock, device: torch.device):
@@ -82,16 +97,21 @@ class RankRuntime:
         lay, layers = self.lay, self.cfg.layers
         self.caches = new_caches(self.model, lay, seed)
         self.pattern = pattern
-        self.mbs = [MBState(x_TD=x_TD.index_select(0, mb.tokens_T.to(x_TD.device))) for mb in lay.micro_batches]
+        self.mbs = [MBState(x_TD=x_TD.index_select(0, host_to(mb.tokens_T, x_TD.device))) for mb in lay.micro_batches]
+        self.next_key = 0
+        """Key of the next MoE layer front (grouped transports start them in this order)."""
         self.exchanges: dict[int, dp.Exchange] = {}
         self.pending: list[Pending] = []
         self.shard_queue: deque[tuple[int, int]] = deque()
         self.queued_all: set[int] = set()
         self.stats = StepStats(np.zeros((self.cfg.moe_layers, self.tr.size), dtype=np.int64),
                                np.zeros(self.cfg.moe_layers, dtype=np.int64), [0.0] * layers)
+        if self.tr.grouped:  # fronts first: see the module docstring
+            actions = (self._take_completions, self._start_ready, self._compute_one_shard, self._combine_ready)
+        else:
+            actions = (self._take_completions, self._compute_one_shard, self._combine_ready, self._start_ready)
         while True:
-            if self._take_completions() or self._compute_one_shard() or self._combine_ready() \
-                    or self._start_ready():
+            if any(action() for action in actions):
                 continue
             if all(st.layer == layers for st in self.mbs) and not self.shard_queue and self._all_served():
                 break
@@ -99,7 +119,7 @@ class RankRuntime:
         self.stats.end_s = self.clock.elapsed()
         out = torch.empty_like(x_TD)
         for mb, st in zip(lay.micro_batches, self.mbs, strict=True):
-            out[mb.tokens_T.to(out.device)] = st.x_TD
+            out[host_to(mb.tokens_T, out.device)] = st.x_TD
         return out, self.stats
 
     # ----------------------------------------------------------------------------- loop pieces
@@ -139,18 +159,19 @@ class RankRuntime:
 
     def _arrived(self, ex: dp.Exchange, src: int) -> None:
         """Every part of src's shard is in: with overlap it can be computed at once."""
-        if self.sched.overlap:
+        if self.sched.overlap and not self.tr.grouped:
             self.shard_queue.append((ex.key, src))
         else:
             self._queue_all(ex)
 
     def _queue_all(self, ex: dp.Exchange) -> None:
-        """Without overlap: queue an exchange's shards once every one of them is in."""
-        if self.sched.overlap or ex.key in self.queued_all or not ex.receives_posted \
+        """Without overlap (or with a grouped transport): queue an exchange's shards once every one of them
+        is in; a grouped transport's exchange is queued even without shards (its result joins the group)."""
+        if (self.sched.overlap and not self.tr.grouped) or ex.key in self.queued_all or not ex.receives_posted \
                 or any(n for n in ex.shard_parts.values()):
             return
         self.queued_all.add(ex.key)
-        if ex.shard_parts:
+        if ex.shard_parts or self.tr.grouped:
             self.shard_queue.append((ex.key, ALL_SOURCES))
 
     def _compute_one_shard(self) -> bool:
@@ -165,27 +186,29 @@ class RankRuntime:
         parts = [ex.shard_bufs[s] for s in sources]  # removed only once computed (see _release_send)
         if self.fault_armed:
             maybe_fail(self.opts, self.tr.rank, "expert", self.opts.timeout_s)
-        with self.clock.span("expert", layer, key % len(self.mbs)):
-            # one shard, or (without overlap) every source's rows at once: one GEMM per local expert
-            wire_MW = parts[0][0] if len(parts) == 1 else torch.cat([w for w, _ in parts])
-            meta_MC = parts[0][1] if len(parts) == 1 else torch.cat([m for _, m in parts])
-            result_MV = dp.compute_shard(block, self.expert_of_slot, wire_MW, meta_MC, self.cfg.hidden,
-                                         self.sched.dispatch_dtype, self.sched.combine_dtype, self.device,
-                                         progress=self._take_completions)
+        self.tr.ready(*[t for part in parts for t in part])  # the received rows are there for the compute
+        slot_rows_S = ex.counts.recv_RX[sources, 1:].sum(axis=0)  # from the counts: no host sync on a GPU
+        rows_R = np.zeros(self.tr.size, dtype=np.int64)
+        for s, (w, _) in zip(sources, parts, strict=True):
+            rows_R[s] = w.shape[0]
+        if parts:
+            with self.clock.span("expert", layer, key % len(self.mbs)):
+                # one shard, or (without overlap) every source's rows at once: one GEMM per local expert
+                wire_MW = dp.cat_rows([w for w, _ in parts])
+                meta_MC = dp.cat_rows([m for _, m in parts])
+                result_MV = dp.compute_shard(block, self.expert_of_slot, wire_MW, meta_MC, self.cfg.hidden,
+                                             self.sched.dispatch_dtype, self.sched.combine_dtype, self.device,
+                                             progress=self._take_completions, slot_rows_S=slot_rows_S)
+        else:  # a grouped transport's exchange that brought this rank nothing: an empty result joins it
+            result_MV = torch.empty(0, ex.result_row_bytes, dtype=torch.uint8, device=self.device)
         for s in sources:
             del ex.shard_bufs[s]
-        k = self.cfg.top_k
-        self.stats.requests_J[layer - self.cfg.dense_layers] += int((meta_MC[:, :k] >= 0).sum())
-        start = 0
+        self.stats.requests_J[layer - self.cfg.dense_layers] += int(slot_rows_S.sum())
         for s, (w, m) in zip(sources, parts, strict=True):
             if s != self.tr.rank:  # compute_shard copied what it needed out of the receive buffers
                 self.tr.give_buffer(w)
                 self.tr.give_buffer(m)
-            rows = w.shape[0]
-            sent = dp.send_result(self.tr, ex, s, result_MV[start:start + rows])
-            start += rows
-            if sent is not None:
-                self.pending.append(sent)
+        self.pending += dp.send_results(self.tr, ex, rows_R, result_MV)
         self._release_send(ex)
         return True
 
@@ -197,6 +220,7 @@ class RankRuntime:
             layer = st.layer
             if self.fault_armed:
                 maybe_fail(self.opts, self.tr.rank, "combine", self.opts.timeout_s)
+            self.tr.ready(*ex.result_bufs.values())  # the returned rows are there for the compute
             with self.clock.span("combine", layer, i):
                 routed_TD = dp.combine_rows(ex, st.x_TD.shape[0], self.device)
                 for dst, buf in ex.result_bufs.items():
@@ -229,6 +253,9 @@ class RankRuntime:
             return False
         if not self.sched.overlap and any(o.exchange is not None for o in self.mbs):
             return False
+        if self.tr.grouped and st.layer >= self.cfg.dense_layers \
+                and (st.layer - self.cfg.dense_layers) * len(self.mbs) + i != self.next_key:
+            return False  # MoE fronts in key order: every rank issues its collectives in one order
         return True
 
     def _start_ready(self) -> bool:
@@ -257,9 +284,10 @@ class RankRuntime:
         rows = mb.tokens_T.numpy()
         with self.clock.span("gate", layer, i):
             z_TD = block.ffn_input(x_TD)
-            ids_TK = torch.from_numpy(r.ids_TK[rows]).to(z_TD.device)
-            _, w_TK = block.route(z_TD, ids_TK)
+            ids_TK = host_to(torch.from_numpy(r.ids_TK[rows]), z_TD.device)
+            w_TK = planned_weights(block, z_TD, ids_TK)
         key = j * len(self.mbs) + i
+        self.next_key = key + 1
         plan = dp.plan_dispatch(key, r.slot_TK[rows], r.keep_TK[rows], w_TK, self.slots, self.tr.size)
         self.stats.pair_rows_JR[j] += plan.counts_R
         n, w = len(plan.token_N), wire_bytes_per_token(self.cfg.hidden, self.sched.dispatch_dtype)

@@ -13,6 +13,14 @@ issue order) work too:
   (per (layer, micro-batch) key, dispatch shard before its combine result).
 Every wait is bounded: a transport raises `WaitTimeout` naming what it waited for, and the runtime then
 aborts the whole job (`emu.faults`).
+
+The protocol posts the shards of one (layer, micro-batch) through `isend_split` / `irecv_split` (a buffer
+split by rank), which message transports (MPI) turn into one message per peer. A `grouped` transport
+(real/: NCCL or gloo) moves them as one collective per direction instead (`all_to_all_single` or
+`batch_isend_irecv`), own rank's part included; the runtime then computes a (layer, micro-batch)'s shards
+together and starts layers in key order (`emu.runtime`). A transport whose completions are ordered on a
+device stream rather than observed by the host (NCCL) reports an operation done once it is enqueued;
+`ready(buffers)` then orders the caller's stream after the transfers that fill those buffers.
 """
 
 from __future__ import annotations
@@ -107,6 +115,8 @@ class Transport(ABC):
     """Busy-poll time of a wait before sleeping; the job sets 0 when its ranks outnumber the cores."""
     busy_s: float = 0.0
     """Seconds spent inside the library's calls outside bounded waits (posting, testing)."""
+    grouped: bool = False
+    """Shards of one (layer, micro-batch) move as one collective per direction (see the module docstring)."""
     _waiting: bool = False
 
     # ---------------------------------------------------------------------------- point to point
@@ -117,6 +127,48 @@ class Transport(ABC):
     @abstractmethod
     def irecv(self, buf_B: torch.Tensor, src: int, tag: int, meta: Any = None) -> Pending:
         """Post a receive into a contiguous uint8 buffer of exactly the incoming size."""
+
+    def isend_split(self, bufs_B: Sequence[torch.Tensor], splits_PR: Sequence[np.ndarray], tags: Sequence[int],
+                    meta: tuple = ()) -> list[Pending]:
+        """Send part r of each flat uint8 buffer bufs_B[i] (splits_PR[i][r] bytes, parts in rank order) to
+        rank r. Message transports skip this rank's own part (the protocol keeps it local) and empty parts,
+        and post one isend per (peer, buffer), peers in `peers()` order; each Pending's meta is
+        (*meta, peer). A grouped transport sends every part, its own included, in one collective."""
+        views = [self.wire_view(b) for b in bufs_B]  # cheap-to-slice views (NumPy for MPI)
+        offsets = [np.concatenate([[0], np.cumsum(s)]) for s in splits_PR]
+        posted = []
+        for dst in self.peers():
+            for view, off, t in zip(views, offsets, tags, strict=True):
+                a, b = int(off[dst]), int(off[dst + 1])
+                if a < b:
+                    # hand-off to the transport: a byte range of a complete buffer, untouched until done
+                    posted.append(self.isend(view[a:b], dst, t, (*meta, dst)))
+        return posted
+
+    def irecv_split(self, nbytes_PR: Sequence[np.ndarray], tags: Sequence[int],
+                    meta: tuple = ()) -> tuple[list[dict[int, torch.Tensor]], list[Pending]]:
+        """Receive nbytes_PR[i][r] bytes of buffer kind i from every rank r. Returns, per kind, rank ->
+        flat uint8 buffer, and the posted operations (meta (*meta, peer)). Message transports skip this
+        rank and empty parts (one pooled buffer and one irecv per (peer, kind), peers ascending); a grouped
+        transport returns adjacent views of one buffer per kind, in rank order, its own part included."""
+        out: list[dict[int, torch.Tensor]] = [{} for _ in nbytes_PR]
+        posted = []
+        for src in range(self.size):
+            if src == self.rank:
+                continue
+            for i, (nbytes_R, t) in enumerate(zip(nbytes_PR, tags, strict=True)):
+                n = int(nbytes_R[src])
+                if n:
+                    buf = out[i][src] = self.take_buffer(n)
+                    # hand-off to the transport: the buffer belongs to it until this receive completes
+                    posted.append(self.irecv(self.wire_view(buf), src, t, (*meta, src)))
+        return out, posted
+
+    def ready(self, *bufs: torch.Tensor) -> None:
+        """Make the caller's next work (host code, or the current device stream) see the data that completed
+        receives wrote into `bufs` (buffers from `irecv_split`; others are ignored). Message transports
+        report completion when the data is there: nothing to do."""
+        return None
 
     @abstractmethod
     def test_some(self, pending: Sequence[Pending]) -> list[int]:
@@ -237,3 +289,13 @@ class Transport(ABC):
         if t.device != self.device:
             t = t.to(self.device, non_blocking=False)
         return t.contiguous()
+
+
+def host_to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device`. To a GPU the copy goes through pinned memory without blocking (a plain
+    copy from pageable memory synchronizes the host with the stream); torch's pinned-memory cache keeps
+    the staging block until the copy has run."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
