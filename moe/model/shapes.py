@@ -111,3 +111,33 @@ def layer_gemms(model: Model, tokens: int, *, moe: bool, sequences: int = 1, key
 
 def total_flops(gemms: list[Gemm]) -> int:
     return sum(g.flops for g in gemms)
+
+
+# -------------------------------------------------------------------------------- operation signatures
+OPS = ("attention.prefill", "attention.decode", "gate", "dispatch", "expert", "shared", "dense", "combine",
+       "kv_setup.prefill", "kv_setup.decode")
+"""The runtime's operations that moe.model.optable times and the simulator looks up (cluster.op_table)."""
+
+
+def op_signature(model: Model, op: str, wire: tuple[str, str] = ("fp8", "bf16")) -> str:
+    """A short string of the model dims that decide operation `op`'s time, so that a measurement is used
+    only for models that run the same kernels on the same shapes (`paper` with 8 experts shares its
+    attention and expert entries with `paper`, not its gate). `wire`: (dispatch_dtype, combine_dtype)."""
+    a, d, w = model.attention, model.hidden, model.dtype
+    if op.startswith("attention.") or op.startswith("kv_setup."):
+        q = f"q{a.q_latent}" if a.kind == "mla" else ""
+        c = f"c{a.kv_latent}r{a.rope_dim}" if a.kind == "mla" else ""
+        return f"{a.kind}-d{d}-h{a.heads}x{a.head_dim}v{a.v_head_dim}{c}{q}-{w}-kv{a.kv_dtype}"
+    if op == "gate":
+        return f"d{d}-e{model.experts}k{model.top_k}-{model.score}"
+    if op == "dispatch":
+        return f"d{d}k{model.top_k}-{wire[0]}"
+    if op == "expert":
+        return f"d{d}f{model.expert_hidden}-{w}-{wire[0]}-{wire[1]}"
+    if op == "shared":
+        return f"d{d}f{model.expert_hidden}x{model.shared_experts}-{w}"
+    if op == "dense":
+        return f"d{d}f{model.dense_hidden}-{w}"
+    if op == "combine":
+        return f"d{d}k{model.top_k}-{wire[1]}-s{min(model.shared_experts, 1)}"
+    raise ValueError(f"unknown operation {op!r}; expected one of {OPS}")
