@@ -234,6 +234,10 @@ class SimOptions(Section):
     layer_samples: NonNegInt = 0
     """MoE layers routed independently; the others reuse them round-robin. 0: one when every layer has the
     same expert popularity (routing.layer_variation 0, no trace), else min(MoE layers, 8)."""
+    runtime: Literal["auto", "grouped", "messages"] = "auto"
+    """Whose schedule to predict: grouped (collectives per layer and micro-batch: DeepEP, NCCL, the real
+    backend) or messages (one message per peer, shards computed as they land: the MPI emulator); auto:
+    messages when the profile's op table was measured on CPU ranks (emu calibration), else grouped."""
 
 
 class EmuOptions(Section):
