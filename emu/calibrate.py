@@ -4,15 +4,19 @@
 
 "GPU" in the profile means one MPI rank, "NVLink" the MPI transfers between ranks of the host. Every rank
 runs the compute benchmarks at the same time, with the threads a run gives it (emu.job.set_threads), so
-the rates are those a rank sees in an emulator run of that many ranks. Timing: warm-up, barrier, MPI.Wtime,
+the rates are those a rank sees in an emulator run of that many ranks. Timing: warm-up, barrier, the host clock,
 median of repeats; across ranks the median is kept.
 - gemm_table: the FP8 GEMMs of the `tiny` model (projections, dense FFN, experts) at several row counts
   through `moe.model.linear.fp8_linear` on bf16 activations (quantized inside, as the model calls it),
   and BF16 products: two square-ish matmuls and the router (float32 on the CPU, as moe.model.gate);
   fp8_TFLOPS / bf16_TFLOPS: the best rate measured per dtype (the roofline ceiling the simulator uses
-  outside the table). The CPU attention core (scaled_dot_product_attention) runs about 10x below the
-  BF16 GEMM rate; it is not entered as table points, because the simulator interpolates efficiencies
-  across weight shapes and dtypes and such points would change the experts' predicted times;
+  outside the table);
+- op_table: the runtime's own operations (moe.model.optable: attention, gate, dispatch packing, expert
+  shards, shared expert, dense FFN, combine, the per-step KV cache setup) of every model in OP_MODELS,
+  timed with this module's `runtime_ops` (the emu.dispatch calls the runtime makes). Each point is
+  measured twice: with every rank measuring at once (per_node = ranks, threads = cores / ranks, as an
+  emulator run of that many ranks) and with rank 0 alone (per_node = 1, every core), the other ranks
+  sleeping; the median over the measuring ranks is kept;
 - hbm_GBps: bytes read + written by a large tensor copy; launch_overhead_us: one minimal torch op;
 - p2p_curve, nvlink_GBps: OSU bandwidth from rank 0 to rank 1 (a window of Isends, Irecvs posted ahead,
   Waitall, a one-byte acknowledgement), at the largest size for nvlink_GBps; nvlink_latency_us: half
@@ -24,13 +28,14 @@ median of repeats; across ranks the median is kept.
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from emu.job import ranks_on_host, set_threads
 from emu.report import cpu_name
@@ -49,9 +54,9 @@ def median_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
         fn()
     times = []
     for _ in range(repeats):
-        start = MPI.Wtime()
+        start = time.perf_counter()
         fn()
-        times.append(MPI.Wtime() - start)
+        times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -101,6 +106,8 @@ def launch_us(calls: int = 2000) -> float:
 
 def osu_bw_GBps(comm, nbytes: int, iters: int) -> float:
     """osu_bw between ranks 0 (sender) and 1: WINDOW Isends of `nbytes`, Waitall, 1-byte ack."""
+    from mpi4py import MPI
+
     buf, ack = np.zeros(nbytes, dtype=np.uint8), np.zeros(1, dtype=np.uint8)
     parts = [buf] * WINDOW  # as osu_bw.c: every message of the window uses the same buffer
 
@@ -124,6 +131,8 @@ def osu_bw_GBps(comm, nbytes: int, iters: int) -> float:
 def osu_bibw_GBps(comm, nbytes: int, iters: int) -> float:
     """osu_bibw between ranks 0 and 1: both post WINDOW Irecvs and WINDOW Isends, Waitall; bytes per
     direction per second."""
+    from mpi4py import MPI
+
     peer = 1 - comm.rank
     send, recv = np.zeros(nbytes, dtype=np.uint8), np.zeros(nbytes, dtype=np.uint8)
 
@@ -148,6 +157,8 @@ def iters_for(nbytes: int, quick: bool) -> int:
 
 
 def pingpong_latency_us(comm, iters: int = 2000, nbytes: int = 8) -> float:
+    from mpi4py import MPI
+
     buf = np.zeros(nbytes, dtype=np.uint8)
     comm.Barrier()
     start = MPI.Wtime()
@@ -163,6 +174,8 @@ def pingpong_latency_us(comm, iters: int = 2000, nbytes: int = 8) -> float:
 
 def message_overhead_us(comm, windows: int = 200) -> float:
     """Sender time per message of a window of 8-byte Isends (receiver posts matching Irecvs first)."""
+    from mpi4py import MPI
+
     bufs = np.zeros((WINDOW, 8), dtype=np.uint8)
     comm.Barrier()
     start = MPI.Wtime()
@@ -180,6 +193,145 @@ def alltoall_busbw_GBps(comm, nbytes: int, iters: int) -> float:
     send, recv = np.zeros(chunk * n, dtype=np.uint8), np.zeros(chunk * n, dtype=np.uint8)
     t = median_time_s(lambda: (comm.Barrier(), comm.Alltoall(send, recv)), 2, iters)
     return chunk * n / t * (n - 1) / n / 1e9
+
+
+# ----------------------------------------------------------------------------------------- op table
+OP_MODELS = {
+    "tiny": {"preset": "tiny"},
+    "tiny-wide": {"preset": "tiny", "layers": 4, "hidden": 512, "expert_hidden": 512, "dense_hidden": 1024,
+                  "attention": {"heads": 8, "head_dim": 32, "v_head_dim": 32, "kv_latent": 128, "q_latent": 256,
+                                "rope_dim": 32}},
+}
+"""Models whose operations calibration times: `tiny` and a mid-size CPU model (8x tiny's expert FLOPs)."""
+TOKENS_FULL = (1, 4, 16, 64, 128, 256, 512, 1024, 2048)
+CONTEXTS_FULL = (64, 128, 256, 512, 1024, 2048, 4096)
+DECODE_FULL = ((1, 4, 16, 64, 256), (256, 1024, 4096))
+TOKENS_QUICK, CONTEXTS_QUICK, DECODE_QUICK = (16, 64, 256), (64, 256), ((16, 64), (256,))
+MAX_CACHED = 1 << 20
+"""Cached tokens (batch x context) of one layer in a decode attention point (200 MB for tiny)."""
+MAX_SETUP = 1 << 17
+"""Cached tokens of a timed KV setup (filling synthetic caches costs ~5 us per token on this CPU)."""
+
+
+def op_model(name: str) -> Model:
+    spec = dict(OP_MODELS[name])
+    preset = spec.pop("preset")
+    base = load_preset("model", preset)
+    attention = {**base.get("attention", {}), **spec.pop("attention", {})}
+    return Model.model_validate({**base, **spec, "attention": attention, "preset": preset})
+
+
+def op_grid(quick: bool):
+    from moe.model.optable import Grid, decode_pairs
+
+    tokens, contexts, (batches, keys) = (TOKENS_QUICK, CONTEXTS_QUICK, DECODE_QUICK) if quick else \
+        (TOKENS_FULL, CONTEXTS_FULL, DECODE_FULL)
+    prefill = tuple((t, s) for s in contexts for t in (s // 8, s // 4, s // 2, s, 2 * s, 4 * s)
+                    if 1 <= t <= max(tokens))
+    return Grid(tokens=tokens, rows=tokens, prefill=prefill, decode=decode_pairs(batches, keys, MAX_CACHED),
+                max_setup=MAX_SETUP)
+
+
+def host_timer(fn: Callable[[], object], min_samples: int = 3, max_samples: int = 9, budget_s: float = 0.5) -> float:
+    """Median host seconds of fn() after one warm-up call: at least `min_samples`, more (up to
+    `max_samples`) while under `budget_s`."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_samples and (len(times) < min_samples or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True):
+    """moe.model.optable.RuntimeOps from the calls the runtime makes (emu.dispatch, emu.microbatch).
+    `host_wire`: received rows sit in host buffers (MPI), else on the device (NCCL)."""
+    from types import SimpleNamespace
+
+    from emu import dispatch as dp
+    from emu.microbatch import layout, new_caches
+    from moe.model.fp8 import pack
+    from moe.model.optable import RuntimeOps
+    from moe.spec.schema import Scenario, Schedule, Workload
+
+    buf_dev = torch.device("cpu") if host_wire else device
+
+    def dispatch(z_TD, ids_TK, w_TK, slots, ranks):
+        keep = np.ones(ids_TK.shape, dtype=bool)
+        n = len(dp.plan_dispatch(0, ids_TK, keep, w_TK, slots, ranks).token_N)
+        out = torch.empty(n, dp.wire_bytes_per_token(z_TD.shape[1], wire[0]), dtype=torch.uint8, device=z_TD.device)
+        return lambda: dp.pack_rows(z_TD, dp.plan_dispatch(0, ids_TK, keep, w_TK, slots, ranks), wire[0], out)
+
+    def shard(block, expert_of_slot, x_RD, slot_RK, w_RK):
+        k = slot_RK.shape[1]
+        wire_MW = pack(x_RD, wire[0]).to(buf_dev)
+        meta_MC = torch.empty(len(x_RD), 2 * k, dtype=torch.int32)
+        meta_MC[:, :k] = torch.from_numpy(slot_RK.astype(np.int32))
+        meta_MC[:, k:] = w_RK.float().cpu().view(torch.int32)
+        meta_MC = meta_MC.to(buf_dev)
+        slot_rows = np.bincount(slot_RK[slot_RK >= 0], minlength=len(expert_of_slot))
+        return lambda: dp.compute_shard(block, expert_of_slot, wire_MW, meta_MC, x_RD.shape[1], wire[0], wire[1],
+                                        device, slot_rows_S=slot_rows)
+
+    def combine(x_TD, shared_TD, ids_TK, w_TK, slots, ranks):
+        plan = dp.plan_dispatch(0, ids_TK, np.ones(ids_TK.shape, dtype=bool), w_TK, slots, ranks)
+        ex = dp.Exchange(0, plan, x_TD.shape[1], wire[0], wire[1])
+        for dst in np.flatnonzero(plan.counts_R):
+            rows = torch.randn(int(plan.counts_R[dst]), x_TD.shape[1], device=device)
+            ex.result_bufs[int(dst)] = pack(rows, wire[1]).to(buf_dev if dst else device)
+
+        def call():
+            out = x_TD.float() + dp.combine_rows(ex, x_TD.shape[0], device)
+            if shared_TD is not None:
+                out = out + shared_TD.float()
+            return out.to(x_TD.dtype)
+
+        return call
+
+    def kv_setup(block, model, tokens, context, phase):
+        s = Scenario(model=model, workload=Workload(phase=phase, tokens_per_gpu=tokens, context_len=context or tokens),
+                     schedule=Schedule(micro_batches=min(2, tokens)))
+        lay = layout(s)
+        one = SimpleNamespace(new_caches=lambda b, cap: [block.new_cache(b, cap)])
+        return lambda: new_caches(one, lay, 0)
+
+    return RuntimeOps(dispatch=dispatch, shard=shard, combine=combine, kv_setup=kv_setup)
+
+
+def sleep_barrier(comm, poll_s: float = 1e-3) -> None:
+    """A barrier whose waiting ranks sleep (a blocking MPI barrier spins and takes a core from a rank
+    that is measuring)."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(poll_s)
+
+
+def op_table_points(comm, quick: bool) -> list[dict] | None:
+    """Every rank: the op table of OP_MODELS at per_node = ranks (all measure) and 1 (rank 0 alone);
+    rank 0 returns the points (median over the ranks that measured), the others None."""
+    from moe.model.optable import measure
+
+    cores = os.cpu_count() or 1
+    device, wire = torch.device("cpu"), ("fp8", "bf16")
+    grid, ops = op_grid(quick), runtime_ops(torch.device("cpu"), wire)
+    out: list[dict] = []
+    for share in sorted({comm.size, 1}, reverse=True):
+        torch.set_num_threads(max(1, cores // share))
+        sleep_barrier(comm)
+        mine = []
+        if comm.rank < share:
+            for name in OP_MODELS:
+                mine += measure(op_model(name), host_timer, grid, device=device, ops=ops, ranks=comm.size, wire=wire)
+        sleep_barrier(comm)
+        runs = comm.gather(mine, 0)
+        if comm.rank == 0:
+            runs = [r for r in runs if r]
+            out += [{**p, "s": statistics.median(r[i]["s"] for r in runs), "per_node": share}
+                    for i, p in enumerate(runs[0])]
+    set_threads(ranks_on_host(comm.size))
+    return out if comm.rank == 0 else None
 
 
 def host_memory_GB() -> float:
@@ -204,6 +356,7 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
     p2p = [{"bytes": b, "GBps": osu_bw_GBps(comm, b, iters_for(b, quick))} for b in sizes]
     latency, overhead = pingpong_latency_us(comm), message_overhead_us(comm)
     a2a = [{"bytes": b, "GBps": alltoall_busbw_GBps(comm, b, repeats)} for b in sizes if b >= comm.size]
+    ops = op_table_points(comm, quick)
     tables = comm.gather((table, hbm, launch), 0)
     if comm.rank != 0:
         return None
@@ -222,5 +375,5 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
         "nic_GBps": base["nic_GBps"], "nic_latency_us": base["nic_latency_us"],
         "fabric_oversubscription": 1.0, "gpus_per_leaf": base["gpus_per_leaf"],
         "launch_overhead_us": statistics.median(t[2] for t in tables), "message_overhead_us": overhead,
-        "alltoall_curve": a2a, "p2p_curve": p2p,
+        "alltoall_curve": a2a, "p2p_curve": p2p, "op_table": ops,
     }

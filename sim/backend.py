@@ -5,8 +5,11 @@
 Steps: build the topology and placement; route `sim.layer_samples` MoE layers (patterns) with the real
 routing workload (moe.routing, load balancing over `workload.steps`) and turn each into traffic
 (moe.traffic); solve each pattern's dispatch and combine once for a micro-batch (sim.network: every
-micro-batch carries 1/micro_batches of every flow, an even split of each GPU pair's tokens); precompute
-compute costs (sim.costs); run the executor (sim.executor); reduce the records (sim.reduce). With several
+micro-batch carries 1/micro_batches of every flow, an even split of each GPU pair's tokens; flows inside
+a node at the measured curve of the transport, `transport_curve`); precompute compute costs per
+micro-batch of the runtime's layout (sim.costs: the op table, else physics) and the routed-expert work
+of the runtime being predicted (`resolve_runtime`, `expert_work`); run the executor (sim.executor);
+reduce the records (sim.reduce). With several
 steps, each step is simulated with its own routing (the bias moves between steps); the Result describes
 the last step and lists every step's time.
 """
@@ -25,8 +28,8 @@ from moe.spec.loader import scenario_dict
 from moe.spec.schema import Scenario
 from moe.topology import LINK_KINDS, build_topology
 from moe.traffic import compute_traffic
-from sim.costs import expert_s, layer_costs
-from sim.executor import StepPlan, run_step
+from sim.costs import expert_s, layer_costs, micro_batches, setup_s
+from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming, phase_input, solve_phase
 from sim.reduce import StepFacts, reduce_result, reduce_trace
 
@@ -52,42 +55,78 @@ def placement_for(s: Scenario):
     return place(s)
 
 
-def expert_runs(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int) -> np.ndarray:
-    """(G, C, C + 1) seconds of routed-expert work of one micro-batch when arrival chunks i..j-1 run as
-    one grouped kernel ([g, i, j], j > i): the executor merges the chunks that have landed by the time
-    it starts. Each slot runs its share of the run's tokens (sim.costs.expert_s)."""
+def resolve_runtime(s: Scenario) -> str:
+    """sim.runtime, with auto = messages for a profile whose op table was measured on CPU ranks (the MPI
+    emulator's calibration), else grouped."""
+    if s.sim.runtime != "auto":
+        return s.sim.runtime
+    return "messages" if any(p.per_node > 0 for p in s.cluster.op_table) else "grouped"
+
+
+def transport_curve(s: Scenario, runtime: str) -> str:
+    """The measured curve of the transport that runs the phases: MPI messages (p2p), NCCL's all-to-all
+    or batched point-to-point (real.transport)."""
+    if runtime == "messages":
+        return "p2p"
+    return "alltoall" if s.real.transport == "all_to_all" else "p2p"
+
+
+def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, runtime: str) -> ExpertWork:
+    """Routed-expert seconds of one micro-batch per GPU (sim.costs.expert_s on rows per slot).
+
+    grouped: arrival chunks i..j-1 as one task, each slot running the chunks' share of its rows;
+    messages: the GPU's own rows alone (its share of every slot's rows), and each other source's rows
+    as one task per source (one expert call per slot per source, as the runtime computes a shard),
+    spread over the remote arrival chunks by their token share. Both: every row at once (no overlap)."""
     g = traffic.topology.gpus
     slot_GS = traffic.slot_tokens_X.reshape(g, -1).astype(np.float64) / micro_batches
-    chunks = timing.share_GC.shape[1]
-    cum_GC1 = np.concatenate([np.zeros((g, 1)), np.cumsum(timing.share_GC, axis=1)], axis=1)
+    share_GC = timing.share_GC
+    chunks = share_GC.shape[1]
+    cum_GC1 = np.concatenate([np.zeros((g, 1)), np.cumsum(share_GC, axis=1)], axis=1)
+    whole = expert_s(s, slot_GS)
     runs = np.zeros((g, chunks, chunks + 1))
+    if runtime == "grouped":
+        for i in range(chunks):
+            for j in range(i + 1, chunks + 1):
+                runs[:, i, j] = expert_s(s, slot_GS * (cum_GC1[:, j] - cum_GC1[:, i])[:, None])
+        return ExpertWork(runs_GCC1=runs, whole_G=whole)
+    pair_GG = traffic.pair_tokens_GG.astype(np.float64)
+    frac_GG = pair_GG / np.maximum(pair_GG.sum(axis=0), 1e-300)[None, :]  # [src, dst]: share of dst's rows
+    per_src_GG = np.stack([expert_s(s, slot_GS * frac_GG[src][:, None]) for src in range(g)])
+    local = np.diagonal(per_src_GG).copy()
+    remote = per_src_GG.sum(axis=0) - local
     for i in range(chunks):
         for j in range(i + 1, chunks + 1):
-            share_G = cum_GC1[:, j] - cum_GC1[:, i]
-            runs[:, i, j] = expert_s(s, slot_GS * share_G[:, None])
-    return runs
+            runs[:, i, j] = remote * (cum_GC1[:, j] - cum_GC1[:, i])
+    return ExpertWork(runs_GCC1=runs, whole_G=whole, local_G=local)
 
 
 def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:
     mb = s.schedule.micro_batches
     scale = 1.0 / mb
+    runtime = resolve_runtime(s)
+    curve = transport_curve(s, runtime)
     dispatch, combine, experts = [], [], []
     record = s.sim.link_timeline
     for t in traffics:
         d = solve_phase(phase_input(t.dispatch, t, topo, s.cluster, "dispatch", sizes.dispatch_bytes_per_token(s),
-                                    scale), s.cluster, s.sim.network, topo.gpus, record)
+                                    scale, curve), s.cluster, s.sim.network, topo.gpus, record,
+                        chunk_local=runtime == "grouped")
         c = solve_phase(phase_input(t.combine, t, topo, s.cluster, "combine", sizes.combine_bytes_per_token(s),
-                                    scale), s.cluster, s.sim.network, topo.gpus, record)
+                                    scale, curve), s.cluster, s.sim.network, topo.gpus, record)
         dispatch.append(d)
         combine.append(c)
-        experts.append(expert_runs(s, t, d, mb))
+        experts.append(expert_work(s, t, d, mb, runtime))
     m = s.model
     n = max(len(traffics), 1)
     pattern = tuple(-1 if i < m.dense_layers else (i - m.dense_layers) % n for i in range(m.layers))
+    layout = micro_batches(s)
+    rows = float(np.mean(traffics[0].pair_tokens_GG.sum(axis=1))) / mb if traffics else 0.0
     return StepPlan(gpus=topo.gpus, micro_batches=mb, moe_layer_pattern=pattern,
-                    costs=layer_costs(s, s.workload.tokens_per_gpu / mb), dispatch=tuple(dispatch),
-                    combine=tuple(combine), expert_GCC1=tuple(experts), overlap=s.schedule.overlap,
-                    layer_pipeline=s.schedule.layer_pipeline)
+                    costs=tuple(layer_costs(s, x, rows * x.tokens * mb / s.workload.tokens_per_gpu) for x in layout),
+                    dispatch=tuple(dispatch), combine=tuple(combine), expert=tuple(experts),
+                    overlap=s.schedule.overlap, layer_pipeline=s.schedule.layer_pipeline, runtime=runtime,
+                    after=tuple(x.after for x in layout), setup_s=setup_s(s))
 
 
 def route_steps(s: Scenario, topo, placement) -> list[list]:

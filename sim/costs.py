@@ -1,27 +1,30 @@
-"""Compute costs of one transformer layer on one GPU, from the model and the hardware profile.
+"""Compute costs of one transformer layer on one GPU: measured runtime operations first, physics after.
 
-Pure functions of (model, cluster, parallel, workload) and a token count. The GEMM shapes are the ones
-the model runs (`moe.model.shapes`, torch-free: MLA non-absorbed in prefill and absorbed in decode, SwiGLU
-with w1 and w3 fused); each goes through `sim.gemm.gemm_time_s` (measured table, roofline fallback), a
-batch of independent products (per-head attention) as one kernel of batch x M rows. Element-wise and
-cache-reading work is memory-bound (`sim.gemm.memory_time_s`: bytes / hbm_GBps + launch overhead).
+Pure functions of the scenario and a micro-batch. Every operation is looked up in the profile's op table
+(`sim.optable`: the runtime's own calls, timed by calibration for the model's dims) and, where the table
+has no entry for the model, computed from the cost model:
 
-Attention tensor parallelism (`parallel.attention_tp` = t): a group of t GPUs of one node serves the
-group's t*T tokens; projections that produce per-head tensors are split by heads, the latent projections
-(wq_a, wkv_a) are replicated, so every GPU runs them on all t*T tokens. Around attention the group
-all-gathers its inputs and reduce-scatters its outputs over NVLink (ring: each GPU moves (t-1)*T hidden
-vectors in BF16 each way, plus (t-1) link latencies per collective). The dense FFN of the first layers is
-split the same way. With MLA the latent cache is shared by all heads, so in decode every GPU of the group
-reads the whole group's cache (this is why DeepSeek runs attention data-parallel).
+- GEMMs are the ones the model runs (`moe.model.shapes`, torch-free: MLA non-absorbed in prefill and
+  absorbed in decode, SwiGLU with w1 and w3 fused), each through `sim.gemm.gemm_time_s` (measured GEMM
+  table, roofline fallback), a batch of independent products (per-head attention) as one kernel of
+  batch x M rows; element-wise and cache-reading work is memory-bound (`sim.gemm.memory_time_s`).
+- Attention tensor parallelism (`parallel.attention_tp` = t, physics only: the table is measured
+  without it): a group of t GPUs of one node serves the group's t*T tokens; projections that produce
+  per-head tensors are split by heads, the latent projections (wq_a, wkv_a) are replicated. Around
+  attention the group all-gathers its inputs and reduce-scatters its outputs over NVLink (ring: each GPU
+  moves (t-1)*T hidden vectors in BF16 each way, plus (t-1) link latencies per collective). The dense
+  FFN is split the same way. With MLA the latent cache is shared by all heads, so in decode every GPU of
+  the group reads the whole group's cache.
 
-Prefill attention: the shapes list every query against the sequence's context_len keys; causal
-attention skips the masked half (FlashAttention skips masked blocks), so every token attends to the
-(context_len + 1) / 2 earlier tokens of its sequence on average and the score and value products are
-scaled by (S + 1) / (2 S): 2 * heads * (qk + v) * (S + 1) / 2 flops per token, quadratic in the context
-per sequence. A micro-batch of fewer tokens than a sequence is a chunk of one sequence that attends to
-its whole context on average the same way. Decode: one new token per sequence reads `context_len` cached
-tokens; the time is the larger of the flops at the GEMM rate and the cache bytes at HBM bandwidth.
-Left out: the embedding lookup and the output head (outside the 61 layers), norms inside attention.
+Micro-batches follow the runtime's layout (emu/microbatch.py): prefill runs B = ceil(T / context_len)
+sequences of L = T / B tokens; with B >= M micro-batches each takes whole sequences (fresh: S = L keys),
+else every sequence is cut into M chunks of consecutive positions and chunk i attends to the S_i keys up
+to its end, after chunk i - 1 (`MicroBatch.after`). Causal attention skips the masked part, so a chunk of
+L_i new tokens after P cached ones sees P + (L_i + 1) / 2 keys per query on average (scores and values
+scaled by that over S_i). Decode: one new token per sequence over context_len cached tokens; the time is
+the larger of the flops at the GEMM rate and the cache bytes at HBM bandwidth.
+Left out of the physics: the embedding lookup and the output head, norms inside attention, and the
+runtime's per-step KV cache setup (a serving system keeps its caches; the table measures the runtime's).
 """
 
 from __future__ import annotations
@@ -31,14 +34,57 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe.model import shapes
+from moe.spec import sizes
 from moe.spec.schema import Cluster, Model, Scenario
 from moe.spec.sizes import expert_weight_bytes
 from sim.gemm import DTYPE_BYTES, gemm_time_s, memory_time_s
+from sim.optable import op_time_s
 
 BF16 = DTYPE_BYTES["bf16"]
+F32 = 4
 SCALE_BYTES_PER_128 = 4 / 128  # FP8 activations carry one float32 scale per 128 values (sizes.py)
 
 
+def wire(s: Scenario) -> tuple[str, str]:
+    return s.schedule.dispatch_dtype, s.schedule.combine_dtype
+
+
+def measured(s: Scenario, op: str, tokens, context: float = 0.0):
+    """The op table's seconds for `op` of the scenario's model, or None (physics then)."""
+    return op_time_s(s.cluster, op, shapes.op_signature(s.model, op, wire(s)), tokens, context)
+
+
+# ------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class MicroBatch:
+    """One micro-batch of a GPU's tokens as the runtime splits them."""
+
+    tokens: float
+    sequences: float
+    new: float
+    """New tokens per sequence (decode: 1)."""
+    keys: float
+    """Keys per sequence after this call (decode: the cached context)."""
+    after: int | None = None
+
+
+def micro_batches(s: Scenario) -> list[MicroBatch]:
+    """The runtime's micro-batches (module docstring; emu/microbatch.py `layout`)."""
+    w, m = s.workload, s.schedule.micro_batches
+    t, b = w.tokens_per_gpu, sizes.sequences_per_gpu(s)
+    if w.phase == "decode":
+        return [MicroBatch(float(len(x)), float(len(x)), 1.0, float(w.context_len))
+                for x in np.array_split(np.arange(b), m)]
+    new = t / b
+    if b >= m:
+        return [MicroBatch(len(x) * new, float(len(x)), new, new) for x in np.array_split(np.arange(b), m)]
+    cuts = [len(x) for x in np.array_split(np.arange(int(round(new))), m)]
+    ends = np.cumsum(cuts)
+    return [MicroBatch(float(b * c), float(b), float(c), float(e), i - 1 if i else None)
+            for i, (c, e) in enumerate(zip(cuts, ends, strict=True))]
+
+
+# --------------------------------------------------------------------------------------- physics
 def gemms_time_s(cluster: Cluster, gemms: list[shapes.Gemm], scale: dict[str, float] | None = None) -> float:
     """Sum of the GEMMs' times; `scale` multiplies the time of GEMMs by name (e.g. causal masking)."""
     scale = scale or {}
@@ -56,19 +102,21 @@ def tp_collective_s(cluster: Cluster, model: Model, tokens: float, tp: int) -> f
             + cluster.launch_overhead_us * 1e-6)
 
 
-# ------------------------------------------------------------------------------------------- attention
 CORE = ("attn.scores", "attn.values")
 
 
-def attention_shapes(scenario: Scenario, rows: int) -> tuple[list[shapes.Gemm], float]:
-    """(GEMMs of one GPU's attention on `rows` tokens, the factor on the score and value products)."""
-    m, w, tp = scenario.model, scenario.workload, scenario.parallel.attention_tp
-    s = w.context_len
-    if w.phase == "decode":  # one new token per sequence over its cache; MLA in the absorbed form
-        return shapes.attention_gemms(m, rows, sequences=rows, keys=s, absorbed=m.attention.kind == "mla",
+def attention_shapes(s: Scenario, mb: MicroBatch) -> tuple[list[shapes.Gemm], float]:
+    """(GEMMs of one GPU's attention on micro-batch `mb` (its TP group's rows), the causal factor on the
+    score and value products)."""
+    m, tp = s.model, s.parallel.attention_tp
+    rows, seqs, keys = int(round(mb.tokens * tp)), max(1, int(round(mb.sequences * tp))), int(round(mb.keys))
+    if s.workload.phase == "decode":  # one new token per sequence over its cache; MLA in the absorbed form
+        return shapes.attention_gemms(m, rows, sequences=rows, keys=keys, absorbed=m.attention.kind == "mla",
                                       tp=tp), 1.0
-    sequences = rows // s if rows >= s and rows % s == 0 else 1
-    return shapes.attention_gemms(m, rows, sequences=sequences, keys=s, tp=tp), (s + 1) / (2 * s)
+    if rows % seqs:
+        seqs = 1
+    seen = keys - mb.new + (mb.new + 1) / 2  # causal: keys per query on average
+    return shapes.attention_gemms(m, rows, sequences=seqs, keys=keys, tp=tp), seen / keys
 
 
 def decode_cache_bytes(model: Model, rows: float, keys: float, tp: int) -> float:
@@ -80,38 +128,31 @@ def decode_cache_bytes(model: Model, rows: float, keys: float, tp: int) -> float
     return rows * keys * (a.heads // tp) * (a.head_dim + a.v_head_dim) * DTYPE_BYTES[a.kv_dtype]
 
 
-def attention_core_s(scenario: Scenario, rows: int) -> float:
-    """Score and value products of one GPU's attention on `rows` tokens (decode: no faster than reading
-    the cache at HBM bandwidth)."""
-    c = scenario.cluster
-    gemms, factor = attention_shapes(scenario, rows)
+def attention_core_s(s: Scenario, mb: MicroBatch) -> float:
+    """Score and value products of one GPU's attention on `mb` (decode: no faster than reading the cache
+    at HBM bandwidth)."""
+    c = s.cluster
+    gemms, factor = attention_shapes(s, mb)
     compute = gemms_time_s(c, [g for g in gemms if g.name in CORE], dict.fromkeys(CORE, factor))
-    if scenario.workload.phase == "decode":
-        cache = decode_cache_bytes(scenario.model, rows, scenario.workload.context_len, scenario.parallel.attention_tp)
+    if s.workload.phase == "decode":
+        tp = s.parallel.attention_tp
+        cache = decode_cache_bytes(s.model, mb.tokens * tp, mb.keys, tp)
         return max(compute, float(memory_time_s(c, cache)))
     return compute
 
 
-def attention_s(scenario: Scenario, tokens: float) -> float:
-    """Attention of `tokens` tokens of one GPU (its TP group runs tp x as many rows at 1/tp heads):
-    input norm, projections, core and the residual add; TP collectives excluded (`attention_tp_comm_s`)."""
-    m, c, tp = scenario.model, scenario.cluster, scenario.parallel.attention_tp
-    rows = int(round(tokens * tp))
+def attention_physics_s(s: Scenario, mb: MicroBatch) -> float:
+    """Input norm, projections, core and the residual add of `mb` (TP collectives excluded)."""
+    m, c, tp = s.model, s.cluster, s.parallel.attention_tp
+    rows = mb.tokens * tp
     if rows <= 0:
         return 0.0
-    gemms, _ = attention_shapes(scenario, rows)
+    gemms, _ = attention_shapes(s, mb)
     norm_bytes = rows * m.hidden * BF16 * 4  # RMSNorm read + write, residual add read + write
-    return (gemms_time_s(c, [g for g in gemms if g.name not in CORE]) + attention_core_s(scenario, rows)
+    return (gemms_time_s(c, [g for g in gemms if g.name not in CORE]) + attention_core_s(s, mb)
             + float(memory_time_s(c, norm_bytes)))
 
 
-def attention_tp_comm_s(scenario: Scenario, tokens: float) -> float:
-    """All-gather before and reduce-scatter after attention inside the TP group (0 without TP)."""
-    tp = scenario.parallel.attention_tp
-    return 2 * tp_collective_s(scenario.cluster, scenario.model, tokens, tp)
-
-
-# ------------------------------------------------------------------------------------------------ MLPs
 def swiglu_s(cluster: Cluster, model: Model, inner: int, m) -> np.ndarray:
     """SwiGLU MLP on M tokens (array ok): the fused w1|w3 and w2 GEMMs of `moe.model.shapes.swiglu_gemms`,
     and the activation between them (reads the BF16 w1|w3 product, writes w2's FP8 input and scales)."""
@@ -122,13 +163,11 @@ def swiglu_s(cluster: Cluster, model: Model, inner: int, m) -> np.ndarray:
     return gemm + memory_time_s(cluster, act_bytes)
 
 
-def expert_s(scenario: Scenario, tokens_per_slot) -> np.ndarray:
+def grouped_expert_s(s: Scenario, tokens_per_slot) -> np.ndarray:
     """Routed experts of one GPU as grouped kernels (DeepGEMM-style: one launch covers every slot), on
-    `tokens_per_slot` (the last axis is the GPU's slots; any leading axes, e.g. GPUs and chunks, stay).
-
-    time = swiglu at M = all the GPU's tokens (the table's rate for the group's total rows) + the weight
-    reads of every slot beyond the first (hbm), so a grouped GEMM pays its fixed cost once, not per slot."""
-    m, c = scenario.model, scenario.cluster
+    `tokens_per_slot` (last axis: the GPU's slots; leading axes stay): swiglu at M = all the GPU's rows +
+    the weight reads of every slot beyond the first (hbm), so the fixed cost is paid once, not per slot."""
+    m, c = s.model, s.cluster
     t = np.asarray(tokens_per_slot, dtype=np.float64)
     total = t.sum(axis=-1)
     active = np.count_nonzero(t, axis=-1)
@@ -136,37 +175,96 @@ def expert_s(scenario: Scenario, tokens_per_slot) -> np.ndarray:
     return swiglu_s(c, m, m.expert_hidden, total) + np.where(total > 0, extra_weights, 0.0)
 
 
-def shared_expert_s(scenario: Scenario, tokens: float) -> float:
-    m = scenario.model
+# ------------------------------------------------------------------------------ table, then physics
+def attention_s(s: Scenario, mb: MicroBatch) -> float:
+    if s.parallel.attention_tp == 1:
+        op = "attention.decode" if s.workload.phase == "decode" else "attention.prefill"
+        t = measured(s, op, mb.tokens, mb.keys)
+        if t is not None:
+            return t
+    return attention_physics_s(s, mb)
+
+
+def attention_tp_comm_s(s: Scenario, tokens: float) -> float:
+    """All-gather before and reduce-scatter after attention inside the TP group (0 without TP)."""
+    return 2 * tp_collective_s(s.cluster, s.model, tokens, s.parallel.attention_tp)
+
+
+def expert_s(s: Scenario, rows_per_slot) -> np.ndarray:
+    """Routed-expert seconds of one task over `rows_per_slot` (last axis: the GPU's slots): with the
+    runtime's `expert` op measured, one expert call per slot with rows (summed); else grouped kernels."""
+    r = np.asarray(rows_per_slot, dtype=np.float64)
+    t = measured(s, "expert", r)
+    if t is None:
+        return grouped_expert_s(s, r)
+    return np.where(r > 0, t, 0.0).sum(axis=-1)
+
+
+def shared_expert_s(s: Scenario, tokens: float) -> float:
+    m = s.model
     if not m.shared_experts or tokens <= 0:
         return 0.0
-    return m.shared_experts * float(swiglu_s(scenario.cluster, m, m.expert_hidden, tokens))
+    t = measured(s, "shared", tokens)
+    return t if t is not None else m.shared_experts * float(swiglu_s(s.cluster, m, m.expert_hidden, tokens))
 
 
-def dense_ffn_s(scenario: Scenario, tokens: float) -> float:
-    """Dense FFN of the first layers, split like attention over the TP group (rows tp*T, inner / tp),
-    plus its norm and residual; TP collectives in `attention_tp_comm_s` terms (same sizes)."""
-    m, c, tp = scenario.model, scenario.cluster, scenario.parallel.attention_tp
+def dense_ffn_s(s: Scenario, tokens: float) -> float:
+    """Dense FFN of the first layers with its norm and residual, split like attention over the TP group
+    (rows tp*T, inner / tp); TP collectives in `attention_tp_comm_s` terms (same sizes)."""
+    m, c, tp = s.model, s.cluster, s.parallel.attention_tp
     if tokens <= 0:
         return 0.0
+    t = measured(s, "dense", tokens) if tp == 1 else None
+    if t is not None:
+        return t
     rows = tokens * tp
-    return (float(swiglu_s(c, m, m.dense_hidden // tp, rows))
-            + float(memory_time_s(c, rows * m.hidden * BF16 * 4)))
+    return float(swiglu_s(c, m, m.dense_hidden // tp, rows)) + float(memory_time_s(c, rows * m.hidden * BF16 * 4))
 
 
-def gate_s(scenario: Scenario, tokens: float) -> float:
-    """Router GEMM (BF16, hidden -> experts), scores and top-k (read/write experts floats per token), the
-    FFN input norm, and the FP8 quantization of the tokens to send (reads BF16, writes FP8 + scales)."""
-    m, c = scenario.model, scenario.cluster
+def gate_s(s: Scenario, tokens: float) -> float:
+    """FFN input norm, router GEMM (BF16, hidden -> experts), scores and the weights of the chosen ids."""
+    m, c = s.model, s.cluster
     if tokens <= 0:
         return 0.0
-    send = DTYPE_BYTES[scenario.schedule.dispatch_dtype]
-    quant_bytes = tokens * m.hidden * (BF16 + send * (1 + (SCALE_BYTES_PER_128 if send == 1 else 0)))
+    t = measured(s, "gate", tokens)
+    if t is not None:
+        return t
     g = shapes.gate_gemm(m, 1)
-    return float(gemm_time_s(c, tokens, g.k, g.n, g.dtype)
-                 + memory_time_s(c, tokens * m.experts * 4 * 2)
-                 + memory_time_s(c, tokens * m.hidden * BF16 * 2)
-                 + memory_time_s(c, quant_bytes))
+    return float(gemm_time_s(c, tokens, g.k, g.n, g.dtype) + memory_time_s(c, tokens * m.experts * F32 * 2)
+                 + memory_time_s(c, tokens * m.hidden * BF16 * 2))
+
+
+def pack_s(s: Scenario, tokens: float) -> float:
+    """Grouping by destination and quantizing the tokens to send (reads BF16, writes FP8 + scales)."""
+    if tokens <= 0 or not s.model.moe_layers:
+        return 0.0
+    t = measured(s, "dispatch", tokens)
+    if t is not None:
+        return t
+    send = DTYPE_BYTES[s.schedule.dispatch_dtype]
+    scales = SCALE_BYTES_PER_128 if send == 1 else 0.0
+    return float(memory_time_s(s.cluster, tokens * s.model.hidden * (BF16 + send * (1 + scales))))
+
+
+def combine_sum_s(s: Scenario, tokens: float, rows: float) -> float:
+    """Summing `rows` returned rows into `tokens` tokens, plus the residual and the shared expert (reads
+    the rows in the combine dtype and x, shared in float32, writes x)."""
+    if tokens <= 0 or not s.model.moe_layers:
+        return 0.0
+    t = measured(s, "combine", tokens)
+    if t is not None:
+        return t
+    h = s.model.hidden
+    nbytes = rows * h * DTYPE_BYTES[s.schedule.combine_dtype] + tokens * h * (2 * BF16 + 2 * F32)
+    return float(memory_time_s(s.cluster, nbytes))
+
+
+def setup_s(s: Scenario) -> float:
+    """The runtime's per-step KV cache setup of every layer, where the table measured it (else 0)."""
+    w = s.workload
+    op = f"kv_setup.{w.phase}"
+    t = measured(s, op, w.tokens_per_gpu, w.context_len if w.phase == "decode" else 0)
+    return s.model.layers * t if t is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -179,9 +277,13 @@ class LayerCosts:
     gate_s: float
     dense_ffn_s: float
     shared_expert_s: float
+    pack_s: float = 0.0
+    combine_sum_s: float = 0.0
 
 
-def layer_costs(scenario: Scenario, tokens: float) -> LayerCosts:
-    return LayerCosts(tokens=tokens, attention_s=attention_s(scenario, tokens),
-                      attention_tp_comm_s=attention_tp_comm_s(scenario, tokens), gate_s=gate_s(scenario, tokens),
-                      dense_ffn_s=dense_ffn_s(scenario, tokens), shared_expert_s=shared_expert_s(scenario, tokens))
+def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> LayerCosts:
+    """Costs of micro-batch `mb`; `returned_rows`: rows its combine sums (physics of the combine)."""
+    t = mb.tokens
+    return LayerCosts(tokens=t, attention_s=attention_s(s, mb), attention_tp_comm_s=attention_tp_comm_s(s, t),
+                      gate_s=gate_s(s, t), dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t),
+                      pack_s=pack_s(s, t), combine_sum_s=combine_sum_s(s, t, returned_rows))

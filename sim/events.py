@@ -26,9 +26,16 @@ class Op(IntEnum):
     """One chunk of routed-expert work, on tokens that have arrived."""
     DISPATCH = 6
     COMBINE = 7
+    PACK = 8
+    """Grouping a micro-batch's rows by destination and quantizing them for the dispatch (compute)."""
+    COMBINE_SUM = 9
+    """Summing the returned rows into the tokens, with the residual and the shared expert (compute)."""
+    SETUP = 10
+    """The runtime's per-step setup (building the step's KV caches), once at the start of a step."""
 
 
-COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_EXPERT, Op.EXPERT)
+COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_EXPERT, Op.EXPERT, Op.PACK,
+               Op.COMBINE_SUM, Op.SETUP)
 NAMES = {op: op.name.lower() for op in Op}
 
 

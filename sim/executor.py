@@ -1,31 +1,38 @@
-"""The SimPy executor: one forward step of every GPU, with compute streams, comm engines and collectives.
+"""The SimPy executor: one forward step of every GPU, each a list scheduler like the runtime's event loop.
 
-Each GPU has a compute stream and a communication engine; each micro-batch of each GPU is a SimPy process
-that walks the layers, issuing work the way a host thread issues kernels. Streams execute work in the order
-it is issued (CUDA semantics): issuing reserves the stream from max(ready, stream free) for the op's
-duration, so an op issued later waits behind it. With `schedule.overlap: false` the communication runs on
-the compute stream (nothing overlaps).
-
-Per layer and micro-batch:
-  attention (+ its TP collectives) and, in MoE layers, the gate and the shared expert -> dispatch (a
-  collective over every GPU: it starts at the latest GPU's ready time, once every comm engine is free,
-  plus its sync; each GPU's part then takes its solved offset, sim.network) -> the routed experts, grouped
-  kernels that each take the arrival chunks landed by their start -> combine (collective) -> the next
-  layer's attention: on the whole batch once it has all arrived, or with `schedule.layer_pipeline` chunk by
-  chunk as the results land. Dense layers run attention and the dense FFN. Micro-batches are separate
-  processes, so while one communicates another computes (the shared expert overlaps its own dispatch).
-
-A process waits only for collectives to start: it issues everything up to the next collective at once and
-tells the collective when it will be ready. The collective starts by a SimPy event at the latest ready
-time, so collectives take the comm engines in simulated-time order. SimPy events per GPU per MoE layer and
-micro-batch: two process wake-ups (dispatch and combine start), never one per flow or token. Everything
-that happens is appended to a `StepRecord`.
+Each GPU has a compute stream and a communication engine. A GPU's process is the runtime's loop
+(emu/runtime.py): whenever its stream is free it starts the most urgent runnable task, and when nothing
+is runnable it sleeps until something lands. Tasks of micro-batch i at layer l:
+  front     attention (+ TP collectives); then, in a dense layer, the dense FFN (the layer is done), in a
+            MoE layer the gate and the packing of the dispatch, which is posted at its end (the GPU joins
+            the dispatch collective), then the shared expert while the shards travel;
+  shards    routed-expert work on rows that have landed (below);
+  combine   once the combine's results are all in: the sum into the tokens; the layer is done.
+Order of urgency, by `runtime` (the plan's, from sim.runtime):
+  messages  (the MPI emulator: one message per peer) shards > combine > front. A GPU computes its own
+            rows as soon as it has posted them, each arrival chunk as it lands (with overlap), and sends
+            the results of a (layer, micro-batch) once it has computed all of them;
+  grouped   (collectives: DeepEP, NCCL; the real backend) front > shards > combine; MoE fronts in key
+            order (layer-major, then micro-batch) and a key's shards before the next key's, as a device
+            runs work in the order the host queued it. Expert work takes the arrival chunks that have
+            landed when it starts, as one grouped kernel (`expert_runs` in sim.backend).
+Switches, as the runtime reads them:
+  overlap false          one micro-batch in flight at a time (no front while another micro-batch's
+                         exchange is open) and a layer's shards computed at once, after all have landed;
+  layer_pipeline false   a micro-batch starts layer l + 1 only when every micro-batch finished layer l;
+  chunked prefill        micro-batch i runs a layer's attention only after micro-batch `after[i]` did.
+Dispatch and combine are collectives over every GPU: one starts at the latest GPU's ready time, once
+every comm engine is free, plus its sync; each GPU's part then takes its solved offsets (sim.network).
+SimPy events per GPU per layer and micro-batch: one per task that takes time, and a wake-up when a
+collective starts or an awaited chunk lands; never one per flow or token. Everything that ran is
+appended to a `StepRecord`.
 """
 
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -33,6 +40,21 @@ import simpy
 from sim.costs import LayerCosts
 from sim.events import CollectiveRecord, Op, StepRecord
 from sim.network import PhaseTiming
+
+RUNTIMES = ("grouped", "messages")
+
+
+@dataclass(frozen=True)
+class ExpertWork:
+    """Routed-expert seconds of one micro-batch per GPU for one traffic pattern."""
+
+    runs_GCC1: np.ndarray
+    """Arrival chunks i..j-1 of the dispatch as one task ([g, i, j], j > i)."""
+    whole_G: np.ndarray
+    """Every row at once (without overlap)."""
+    local_G: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """messages: the GPU's own rows, ready when it posts them (the chunks then hold only remote rows);
+    empty in grouped mode, where the chunks hold them."""
 
 
 @dataclass(frozen=True)
@@ -43,107 +65,88 @@ class StepPlan:
     micro_batches: int
     moe_layer_pattern: tuple[int, ...]
     """Per layer: -1 for a dense layer, else the traffic pattern its MoE part carries."""
-    costs: LayerCosts
+    costs: tuple[LayerCosts, ...]
+    """Per micro-batch."""
     dispatch: tuple[PhaseTiming, ...]
     combine: tuple[PhaseTiming, ...]
-    expert_GCC1: tuple[np.ndarray, ...]
-    """Per pattern: seconds of routed-expert work of one micro-batch per GPU when arrival chunks i..j-1
-    run as one grouped kernel ([g, i, j])."""
+    expert: tuple[ExpertWork, ...]
     overlap: bool
     layer_pipeline: bool
+    runtime: str = "grouped"
+    after: tuple[int | None, ...] = ()
+    """Per micro-batch: the one whose attention of a layer must come first (chunked prefill), or None."""
+    setup_s: float = 0.0
+    """Per-step setup on every GPU before the first layer."""
 
 
 class _Pending:
-    __slots__ = ("count", "last_join", "event", "layer", "mb", "op", "pattern", "timing")
+    __slots__ = ("count", "last_join", "layer", "mb", "op", "pattern", "timing")
 
-    def __init__(self, env: simpy.Environment, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming):
+    def __init__(self, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming):
         self.count = 0
         self.last_join = 0.0
-        self.event = env.event()
         self.layer, self.mb, self.op, self.pattern, self.timing = layer, mb, op, pattern, timing
+
+
+class _Ex:
+    """A (layer, micro-batch) exchange on one GPU, from its post until its combine is summed."""
+
+    __slots__ = ("chunk", "done", "layer", "local", "mb", "pattern", "post")
+
+    def __init__(self, layer: int, mb: int, pattern: int, post: float, local: bool):
+        self.layer, self.mb, self.pattern, self.post = layer, mb, pattern, post
+        self.chunk = 0  # arrival chunks computed
+        self.local = local  # own rows still to compute (messages)
+        self.done = False  # every shard computed and the combine joined
+
+
+class _GpuState:
+    """One GPU's view of its micro-batches (the runtime's loop state)."""
+
+    __slots__ = ("after", "att_done", "busy_until", "ex_of", "first_moe", "g", "layer", "n_layers", "next_key")
+
+    def __init__(self, g: int, plan: StepPlan):
+        n_mb = plan.micro_batches
+        self.g = g
+        self.n_layers = len(plan.moe_layer_pattern)
+        self.first_moe = next((i for i, p in enumerate(plan.moe_layer_pattern) if p >= 0), self.n_layers)
+        self.after = plan.after or (None,) * n_mb
+        self.layer = [0] * n_mb  # the layer each micro-batch is in
+        self.att_done = [-1] * n_mb  # the last layer whose attention it ran
+        self.ex_of: list[_Ex | None] = [None] * n_mb  # its open exchange
+        self.next_key = 0  # grouped: the next MoE front's key
+        self.busy_until = 0.0
 
 
 class Executor:
     def __init__(self, plan: StepPlan):
+        if plan.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {plan.runtime!r} is not one of {RUNTIMES}")
         self.plan = plan
         self.env = simpy.Environment()
         self.record = StepRecord()
         g = plan.gpus
-        self.free = [0.0] * (2 * g)  # stream free times: compute 2g, comm 2g + 1 (or 2g without overlap)
-        self.comm_offset = 1 if plan.overlap else 0
+        self.comm_free = [0.0] * g
         self.pending: dict[tuple[int, int, int], _Pending] = {}
+        self.started: dict[tuple[int, int, int], float] = {}
+        self.sleeping: list[simpy.Event | None] = [None] * g
         self.gpu_end = [0.0] * g
         # per pattern, per GPU, as Python lists (the processes read them millions of times)
         self.d_arrive = [t.arrive_GC.tolist() for t in plan.dispatch]
-        self.c_arrive = [t.arrive_GC.tolist() for t in plan.combine]
-        self.c_share = []
-        for t in plan.combine:
-            share = t.share_GC.copy()
-            share[share.sum(axis=1) <= 0] = 1.0 / share.shape[1]
-            self.c_share.append(share.tolist())
-        self.runs = [r.tolist() for r in plan.expert_GCC1]
+        self.c_last = [t.arrive_GC[:, -1].tolist() for t in plan.combine]
+        self.runs = [w.runs_GCC1.tolist() for w in plan.expert]
+        self.whole = [w.whole_G.tolist() for w in plan.expert]
+        self.local = [w.local_G.tolist() if len(w.local_G) else None for w in plan.expert]
         self._add = self.record.spans.add_row
 
-    # ------------------------------------------------------------------------------------- helpers
-    def _issue(self, g: int, ready: float, layer: int, mb: int, parts: list[tuple[int, float]]) -> float:
-        """Reserve the compute stream for consecutive ops from `ready`; log them; return the end."""
-        free = self.free
-        t = ready if ready > free[2 * g] else free[2 * g]
-        add = self._add
-        for op, dur in parts:
-            if dur > 0:
-                add((g, layer, mb, op, t, t + dur))
-                t += dur
-        free[2 * g] = t
-        return t
-
-    def _issue_chunks(self, g: int, ready_C, dur_C, layer: int, mb: int, op: int,
-                      tail: list[tuple[int, float]]) -> float:
-        """A persistent block on the compute stream: chunk c starts when it has arrived and the previous
-        chunk is done; `tail` ops follow. Returns the end."""
-        t = self.free[2 * g]
-        add = self._add
-        for ready, dur in zip(ready_C, dur_C, strict=True):
-            if ready > t:
-                t = ready
-            if dur > 0:
-                add((g, layer, mb, op, t, t + dur))
-                t += dur
-        for top, dur in tail:
-            if dur > 0:
-                add((g, layer, mb, top, t, t + dur))
-                t += dur
-        self.free[2 * g] = t
-        return t
-
-    def _issue_runs(self, g: int, start: float, offset_C, runs, layer: int, mb: int, op: int) -> float:
-        """Like `_issue_chunks` for chunks landing at start + offset_C, but every kernel takes all the
-        chunks that have landed when it starts (runs[i][j]: seconds for chunks i..j-1 as one kernel)."""
-        t = self.free[2 * g]
-        add = self._add
-        i, n = 0, len(offset_C)
-        while i < n:
-            ready = start + offset_C[i]
-            if ready > t:
-                t = ready
-            j = i + 1
-            while j < n and start + offset_C[j] <= t:
-                j += 1
-            dur = runs[i][j]
-            if dur > 0:
-                add((g, layer, mb, op, t, t + dur))
-                t += dur
-            i = j
-        self.free[2 * g] = t
-        return t
-
-    def _join(self, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming, ready: float) -> simpy.Event:
-        """Tell a collective when this GPU will be ready for it; returns the event of its start. Once every
-        GPU has told, the start is scheduled at the latest ready time (`_start`)."""
+    # ------------------------------------------------------------------------------------- collectives
+    def _join(self, layer: int, mb: int, op: Op, pattern: int, timing: PhaseTiming, ready: float) -> None:
+        """Tell a collective when this GPU will be ready for it; once every GPU has told, its start is
+        scheduled at the latest ready time (`_start`)."""
         key = (layer, mb, int(op))
         p = self.pending.get(key)
         if p is None:
-            p = self.pending[key] = _Pending(self.env, layer, mb, op, pattern, timing)
+            p = self.pending[key] = _Pending(layer, mb, op, pattern, timing)
         p.count += 1
         if ready > p.last_join:
             p.last_join = ready
@@ -151,58 +154,171 @@ class Executor:
             del self.pending[key]
             self.env.timeout(max(p.last_join - self.env.now, 0.0)).callbacks.append(
                 lambda _event, p=p: self._start(p))
-        return p.event
 
     def _start(self, p: _Pending) -> None:
         """At the latest ready time: the collective takes every comm engine when all are free."""
-        free, off, timing = self.free, self.comm_offset, p.timing
-        start = max(p.last_join, max(free[off::2])) + timing.sync_s
-        free[off::2] = (start + timing.done_G).tolist()
+        timing = p.timing
+        start = max(p.last_join, max(self.comm_free)) + timing.sync_s
+        self.comm_free = (start + timing.done_G).tolist()
+        self.started[(p.layer, p.mb, int(p.op))] = start
         self.record.collectives.append(CollectiveRecord(layer=p.layer, mb=p.mb, op=p.op, pattern=p.pattern,
                                                         last_join_s=p.last_join, start_s=start))
-        p.event.succeed(start)
+        for g, ev in enumerate(self.sleeping):  # every GPU takes part: wake the idle ones to look
+            if ev is not None:
+                self.sleeping[g] = None
+                if not ev.triggered:
+                    ev.succeed()
+
+    def _sleep(self, g: int, until: float) -> simpy.Event:
+        """An event that fires at `until` (if finite) or when the next collective starts."""
+        ev = self.env.event()
+        self.sleeping[g] = ev
+        if until < math.inf:
+            self.env.timeout(max(until - self.env.now, 0.0)).callbacks.append(
+                lambda _e, ev=ev: None if ev.triggered else ev.succeed())
+        return ev
+
+    # ------------------------------------------------------------------------------------- tasks
+    def _spans(self, g: int, layer: int, mb: int, t: float, parts) -> float:
+        add = self._add
+        for op, dur in parts:
+            if dur > 0:
+                add((g, layer, mb, op, t, t + dur))
+                t += dur
+        return t
+
+    def _shard_task(self, g: int, ex: _Ex, now: float, first: bool):
+        """(seconds, final) of the routed-expert work of `ex` runnable at `now`, or None. Marks it done."""
+        plan, p = self.plan, ex.pattern
+        d = self.started.get((ex.layer, ex.mb, int(Op.DISPATCH)))
+        arrive = self.d_arrive[p][g]
+        chunks = len(arrive)
+        if not plan.overlap:  # every row at once, after all have landed
+            if d is None or d + arrive[-1] > now or ex.post > now:
+                return None
+            ex.chunk, ex.local = chunks, False
+            return self.whole[p][g], True
+        if plan.runtime == "grouped" and not first:
+            return None  # the device runs a key's shards before the next key's
+        j = ex.chunk
+        if d is not None:
+            while j < chunks and d + arrive[j] <= now:
+                j += 1
+        own = ex.local and ex.post <= now
+        if j == ex.chunk and not own:
+            return None
+        dur = (self.local[p][g] if own else 0.0) + (self.runs[p][g][ex.chunk][j] if j > ex.chunk else 0.0)
+        ex.chunk = j
+        if own:
+            ex.local = False
+        return dur, ex.chunk == chunks and not ex.local
+
+    def _next_time(self, g: int, exs: list[_Ex]) -> float:
+        """The earliest known future instant at which something of this GPU lands."""
+        t = math.inf
+        for ex in exs:
+            if not ex.done:
+                d = self.started.get((ex.layer, ex.mb, int(Op.DISPATCH)))
+                arrive = self.d_arrive[ex.pattern][g]
+                if d is not None:
+                    c = len(arrive) - 1 if not self.plan.overlap else min(ex.chunk, len(arrive) - 1)
+                    t = min(t, d + arrive[c])
+            else:
+                c = self.started.get((ex.layer, ex.mb, int(Op.COMBINE)))
+                if c is not None:
+                    t = min(t, c + self.c_last[ex.pattern][g])
+        return t
 
     # ------------------------------------------------------------------------------------- process
-    def _micro_batch(self, g: int, mb: int):
-        plan, c = self.plan, self.plan.costs
-        att, tp = int(Op.ATTENTION), int(Op.ATTENTION_TP)
-        pre = [(att, c.attention_s), (tp, c.attention_tp_comm_s)]
-        dense_post = [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)]
-        moe_post = [(int(Op.GATE), c.gate_s)]
-        whole = {True: pre + dense_post, False: pre + moe_post}  # keyed by "dense layer"
-        shared = [(int(Op.SHARED_EXPERT), c.shared_expert_s)]
-        expert = int(Op.EXPERT)
-        ready_C = None  # arrivals of the previous combine (absolute times), None before the first layer
-        share_C = [1.0]  # token share of each arrival
-        for layer, pattern in enumerate(plan.moe_layer_pattern):
-            if ready_C is None:
-                end = self._issue(g, 0.0, layer, mb, whole[pattern < 0])
-            elif plan.layer_pipeline:
-                post = dense_post if pattern < 0 else moe_post
-                end = self._issue_chunks(g, ready_C, [c.attention_s * s for s in share_C], layer, mb, att,
-                                         [(tp, c.attention_tp_comm_s)] + post)
-            else:
-                end = self._issue(g, ready_C[-1], layer, mb, whole[pattern < 0])
-            if pattern < 0:
-                ready_C, share_C = [end], [1.0]
+    def _pick_shard(self, st: _GpuState, now: float) -> bool:
+        """Start the routed-expert work runnable now (earliest key first), if any."""
+        first = True
+        for e in sorted((e for e in st.ex_of if e is not None and not e.done), key=lambda e: (e.layer, e.mb)):
+            got = self._shard_task(st.g, e, now, first)
+            first = False
+            if got is not None:
+                dur, final = got
+                end = self._spans(st.g, e.layer, e.mb, now, [(int(Op.EXPERT), dur)])
+                if final:
+                    e.done = True
+                    self._join(e.layer, e.mb, Op.COMBINE, e.pattern, self.plan.combine[e.pattern], end)
+                st.busy_until = end
+                return True
+        return False
+
+    def _pick_combine(self, st: _GpuState, now: float) -> bool:
+        """Sum a micro-batch whose results are all in (lowest index first); its layer is then done."""
+        for i, e in enumerate(st.ex_of):
+            if e is not None and e.done:
+                c = self.started.get((e.layer, i, int(Op.COMBINE)))
+                if c is not None and c + self.c_last[e.pattern][st.g] <= now:
+                    st.busy_until = self._spans(st.g, e.layer, i, now,
+                                                [(int(Op.COMBINE_SUM), self.plan.costs[i].combine_sum_s)])
+                    st.ex_of[i] = None
+                    st.layer[i] += 1
+                    return True
+        return False
+
+    def _ready(self, st: _GpuState, i: int) -> bool:
+        plan, li = self.plan, st.layer[i]
+        if li >= st.n_layers or st.ex_of[i] is not None:
+            return False
+        if not plan.layer_pipeline and min(st.layer) < li:
+            return False
+        if st.after[i] is not None and st.att_done[st.after[i]] < li:
+            return False
+        if not plan.overlap and any(e is not None for e in st.ex_of):
+            return False
+        if plan.runtime == "grouped" and plan.moe_layer_pattern[li] >= 0 \
+                and (li - st.first_moe) * plan.micro_batches + i != st.next_key:
+            return False
+        return True
+
+    def _pick_front(self, st: _GpuState, now: float) -> bool:
+        """Run the front of the ready micro-batch with the lowest (layer, index)."""
+        ready = [i for i in range(self.plan.micro_batches) if self._ready(st, i)]
+        if not ready:
+            return False
+        i = min(ready, key=lambda i: (st.layer[i], i))
+        plan, g, li = self.plan, st.g, st.layer[i]
+        c, tp = plan.costs[i], int(Op.ATTENTION_TP)
+        t = self._spans(g, li, i, now, [(int(Op.ATTENTION), c.attention_s), (tp, c.attention_tp_comm_s)])
+        st.att_done[i] = li
+        p = plan.moe_layer_pattern[li]
+        if p < 0:
+            st.busy_until = self._spans(g, li, i, t, [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)])
+            st.layer[i] += 1
+            return True
+        post = self._spans(g, li, i, t, [(int(Op.GATE), c.gate_s), (int(Op.PACK), c.pack_s)])
+        self._join(li, i, Op.DISPATCH, p, plan.dispatch[p], post)
+        st.ex_of[i] = _Ex(li, i, p, post, local=plan.runtime == "messages" and self.local[p] is not None)
+        st.next_key = (li - st.first_moe) * plan.micro_batches + i + 1
+        st.busy_until = self._spans(g, li, i, post, [(int(Op.SHARED_EXPERT), c.shared_expert_s)])
+        return True
+
+    def _gpu(self, g: int):
+        plan, env = self.plan, self.env
+        st = _GpuState(g, plan)
+        order = (self._pick_shard, self._pick_combine, self._pick_front) if plan.runtime == "messages" \
+            else (self._pick_front, self._pick_shard, self._pick_combine)
+        if plan.setup_s > 0:
+            self._spans(g, 0, 0, 0.0, [(int(Op.SETUP), plan.setup_s)])
+            yield env.timeout(plan.setup_s)
+        while True:
+            now = env.now
+            if any(pick(st, now) for pick in order):
+                if st.busy_until > now:
+                    yield env.timeout(st.busy_until - now)
                 continue
-            dispatch = self._join(layer, mb, Op.DISPATCH, pattern, plan.dispatch[pattern], end)
-            self._issue(g, end, layer, mb, shared)
-            start = yield dispatch
-            end = self._issue_runs(g, start, self.d_arrive[pattern][g], self.runs[pattern][g], layer, mb, expert)
-            start = yield self._join(layer, mb, Op.COMBINE, pattern, plan.combine[pattern], end)
-            ready_C = [start + a for a in self.c_arrive[pattern][g]]
-            share_C = self.c_share[pattern][g]
-        last = max(ready_C[-1], self.free[2 * g], self.free[2 * g + self.comm_offset])
-        self.gpu_end[g] = max(self.gpu_end[g], last)
-        if False:  # a generator even for a model without MoE layers (nothing to wait for)
-            yield
+            if all(li >= st.n_layers for li in st.layer):
+                break
+            yield self._sleep(g, self._next_time(g, [e for e in st.ex_of if e is not None]))
+        self.gpu_end[g] = max(env.now, self.comm_free[g])
 
     def run(self) -> StepRecord:
         plan = self.plan
         for g in range(plan.gpus):
-            for mb in range(plan.micro_batches):
-                self.env.process(self._micro_batch(g, mb))
+            self.env.process(self._gpu(g))
         # the run allocates millions of short-lived objects and no reference cycles: the cyclic garbage
         # collector would rescan the growing span log over and over
         enabled = gc.isenabled()

@@ -9,18 +9,21 @@ operands and result (A and B at the dtype's width, C in BF16). The efficiency (a
 `cluster.gemm_table`, the measured points (../shared/data/hardware_facts.md: small-M GEMMs run far below
 peak, 82 TFLOP/s at M=128 against 1979 peak):
 
-- points with the same weight size K*N form a family; inside a family the *time* is interpolated linearly in M
-  (a GEMM's time is close to affine in M: a fixed part for loading the weight and filling the machine,
-  plus a part per row); below the smallest measured M the time stays at that point's time (weight
-  loading and kernel latency dominate there); above the largest measured M the efficiency stays at the
-  last value (time proportional to M). The family's efficiency at M is its flops over that time;
-- across families the efficiency is interpolated linearly in log2(K*N) (the weight size), clamped to the
-  nearest family outside the measured range;
-- points of the other dtype are used relative to their own peak (the efficiency carries over).
+- points of one dtype with the same weight size K*N form a family ((K, N) and (N, K) run the same flops
+  over the same weight bytes); inside a family the *time* is interpolated linearly in M (a GEMM's time
+  is close to affine in M: a fixed part for loading the weight and filling the machine, plus a part per
+  row); below the smallest measured M the time stays at that point's time (weight loading and kernel
+  latency dominate there); above the largest measured M the efficiency stays at the last value (time
+  proportional to M). The family's efficiency at M is its flops over that time;
+- a GEMM whose weight size has no family of its dtype takes the efficiency interpolated linearly in
+  log2(K*N) between the two families of that dtype around it, clamped to the nearest family outside
+  their range. Points of another dtype never enter: a BF16 point (an attention product, the router) says
+  nothing about an FP8 expert, and vice versa.
 
-With an empty table the efficiency is 1 (pure roofline) and the profile's `launch_overhead_us` is added,
-since nothing measured includes it. Measured times already include the kernel's fixed cost, so nothing is
+A dtype without points is pure roofline (efficiency 1) and pays the profile's `launch_overhead_us`, since
+nothing measured includes it. Measured times already include the kernel's fixed cost, so nothing is
 added to them. Everything here is vectorised over M (an array of token counts gives an array of times).
+The runtime's whole operations, when calibration measured them, come from `sim.optable` instead.
 """
 
 from __future__ import annotations
@@ -54,17 +57,17 @@ class _Family:
 
 
 @lru_cache(maxsize=64)
-def _families(cluster: Cluster) -> tuple[_Family, ...]:
-    """The gemm table as efficiency curves per (K, N), sorted by weight size."""
-    groups: dict[tuple[int, int], dict[int, list[float]]] = {}
+def _families(cluster: Cluster, dtype: str) -> tuple[_Family, ...]:
+    """The gemm table's points of `dtype` as time curves per weight size K*N, sorted by weight size."""
+    groups: dict[int, dict[int, list[float]]] = {}
     for p in cluster.gemm_table:
-        eff = p.TFLOPS * TFLOPS / peak_flops(cluster, p.dtype)  # a point of the other dtype keeps its efficiency
-        groups.setdefault(p.k * p.n, {}).setdefault(p.m, []).append(eff)
+        if p.dtype == dtype:
+            groups.setdefault(p.k * p.n, {}).setdefault(p.m, []).append(p.TFLOPS * TFLOPS)
+    peak = peak_flops(cluster, dtype)
     fams = []
-    peak = peak_flops(cluster, "fp8")
-    for kn, by_m in groups.items():  # (K, N) and (N, K) have the same flops: one family per weight size
+    for kn, by_m in groups.items():
         ms = sorted(by_m)
-        times = [2.0 * m * kn / (float(np.mean(by_m[m])) * peak) for m in ms]
+        times = [2.0 * m * kn / float(np.mean(by_m[m])) for m in ms]
         fams.append(_Family(float(np.log2(kn)), kn, 1, peak, tuple(float(m) for m in ms), tuple(times)))
     return tuple(sorted(fams, key=lambda f: f.log_weight))
 
@@ -77,23 +80,24 @@ def _family_efficiency(fam: _Family, m_M: np.ndarray) -> np.ndarray:
     return 2.0 * m * fam.k * fam.n / (t * fam.peak)
 
 
-def gemm_efficiency(cluster: Cluster, m, k: int, n: int) -> np.ndarray:
-    """Achieved / peak rate for GEMMs of M rows (array) and a K x N weight; 1 with an empty table."""
+def gemm_efficiency(cluster: Cluster, m, k: int, n: int, dtype: str = "fp8") -> np.ndarray:
+    """Achieved / peak rate of `dtype` GEMMs of M rows (array) and a K x N weight; 1 without points of
+    that dtype."""
     m_M = np.asarray(m, dtype=np.float64)
-    fams = _families(cluster)
+    fams = _families(cluster, dtype)
     if not fams:
         return np.ones_like(m_M)
-    if len(fams) == 1:
-        return _family_efficiency(fams[0], m_M)
     lw = float(np.log2(k * n))
     i = int(np.searchsorted([f.log_weight for f in fams], lw))
     lo, hi = fams[max(i - 1, 0)], fams[min(i, len(fams) - 1)]
-    e_lo, e_hi = _family_efficiency(lo, m_M), _family_efficiency(hi, m_M)
+    if hi.log_weight == lw:
+        return _family_efficiency(hi, m_M)
     if hi.log_weight <= lo.log_weight or lw <= lo.log_weight:
-        return e_lo
+        return _family_efficiency(lo, m_M)
     if lw >= hi.log_weight:
-        return e_hi
+        return _family_efficiency(hi, m_M)
     frac = (lw - lo.log_weight) / (hi.log_weight - lo.log_weight)
+    e_lo, e_hi = _family_efficiency(lo, m_M), _family_efficiency(hi, m_M)
     return e_lo + frac * (e_hi - e_lo)
 
 
@@ -107,15 +111,15 @@ def gemm_bytes(m, k: int, n: int, dtype: str) -> np.ndarray:
 def gemm_time_s(cluster: Cluster, m, k: int, n: int, dtype: str = "fp8") -> np.ndarray:
     """Seconds for GEMMs of M rows (scalar or array) times a K x N weight; 0 where M == 0.
 
-    time_s = max(2*M*K*N / (efficiency * peak), bytes / hbm) (+ launch overhead when the table is empty).
+    time_s = max(2*M*K*N / (efficiency * peak), bytes / hbm) (+ launch overhead without points of the dtype).
     """
     m_M = np.asarray(m, dtype=np.float64)
     flops = 2.0 * m_M * k * n
-    eff = gemm_efficiency(cluster, m_M, k, n)
+    eff = gemm_efficiency(cluster, m_M, k, n, dtype)
     compute_s = flops / (np.maximum(eff, 1e-12) * peak_flops(cluster, dtype))
     memory_s = gemm_bytes(m_M, k, n, dtype) / (cluster.hbm_GBps * GBPS)
     t = np.maximum(compute_s, memory_s)
-    if not cluster.gemm_table:
+    if not _families(cluster, dtype):
         t = t + cluster.launch_overhead_us * 1e-6
     return np.where(m_M > 0, t, 0.0)
 

@@ -22,6 +22,13 @@ Models (`sim.network`):
 - analytic: flow f arrives at max over its links of (link bytes / capacity) + its path latency;
 - flow: max-min fair sharing over time (sim.maxmin.simulate_flows), arrival = last byte + path latency.
 Both: every message (flow between two GPUs) pays `message_overhead_us` once on top of its path latency.
+Measured transports (`cluster.p2p_curve`, `cluster.alltoall_curve`, from calibration): a flow between two
+GPUs of one node moves at the bandwidth the curve measured at its size, not at the link's peak: in the
+solver it weighs bytes x nvlink_GBps / curve(size), so a small shard costs what small messages cost.
+The point-to-point curve is read at the message (flow) size, the all-to-all curve (bus bandwidth versus
+bytes per rank) at the sender's bytes of the phase. Between points the bandwidth is interpolated in
+log2(bytes); below the smallest point the time stays at that point's (bandwidth in proportion to the
+size: latency-bound), above the largest the bandwidth stays at the last point's.
 Posting is not serialised per sender: GPU-initiated transfers post from many warps at once, and DeepEP's
 low-latency dispatch grows by ~20 us from 64 to 256 peers (docs/legacy.md), which a serial 2 us per peer
 would turn into ~400 us. Forwarding is pipelined, so a hop-1 flow from f arrives no earlier than the hop-0
@@ -34,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe.spec.schema import Cluster
+from moe.spec.schema import Cluster, CurvePoint
 from moe.topology import Topology
 from moe.traffic import Flows
 from sim.maxmin import simulate_flows
@@ -54,6 +61,30 @@ receive-side copies that follow them. Plain max-min would let a sender's many sm
 starve its one RDMA copy at the copy engine, which the kernels do not do."""
 CHUNKS = 4
 """Arrival chunks per GPU: the receiver starts work on each quarter of its tokens as it arrives."""
+
+
+def curve_GBps(curve: tuple[CurvePoint, ...], nbytes) -> np.ndarray:
+    """Bandwidth of a measured curve at `nbytes` (module docstring); GB/s."""
+    b_P = np.array([p.bytes for p in curve], dtype=np.float64)
+    bw_P = np.array([p.GBps for p in curve], dtype=np.float64)
+    order = np.argsort(b_P)
+    b_P, bw_P = b_P[order], bw_P[order]
+    x = np.maximum(np.asarray(nbytes, dtype=np.float64), 1.0)
+    bw = np.interp(np.log2(x), np.log2(b_P), bw_P)
+    return np.where(x < b_P[0], bw_P[0] * x / b_P[0], bw)
+
+
+def curve_weight_F(cluster: Cluster, curve: str, same_F: np.ndarray, src_F: np.ndarray, bytes_F: np.ndarray,
+                   gpus: int) -> np.ndarray:
+    """Solver bytes per byte of each flow: nvlink_GBps / curve bandwidth for remote flows inside a node
+    (1 elsewhere, and without the curve). `curve`: "p2p" or "alltoall" (falls back to the other one)."""
+    points = {"p2p": cluster.p2p_curve, "alltoall": cluster.alltoall_curve}
+    use = curve if points.get(curve) else ("alltoall" if curve == "p2p" else "p2p")
+    if not points.get(use) or not same_F.any():
+        return np.ones(len(bytes_F))
+    size_F = bytes_F if use == "p2p" else np.bincount(src_F, weights=bytes_F, minlength=gpus)[src_F]
+    weight = cluster.nvlink_GBps / np.maximum(curve_GBps(points[use], size_F), 1e-12)
+    return np.where(same_F, weight, 1.0)
 
 
 @dataclass(frozen=True)
@@ -172,9 +203,10 @@ def prune_unbinding(indptr_F1: np.ndarray, links_X: np.ndarray, capacity_L: np.n
 
 
 def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: str, bytes_per_token: float,
-                scale: float = 1.0) -> PhaseInput:
+                scale: float = 1.0, curve: str = "") -> PhaseInput:
     """Flows of a phase (kind "dispatch" or "combine"), bytes scaled by `scale` (a micro-batch's share),
-    plus local copies, with copy-engine entries when the profile models copy engines.
+    plus local copies, with copy-engine entries when the profile models copy engines. `curve` ("p2p",
+    "alltoall" or ""): the measured curve that sets the rate of flows inside a node (`curve_weight_F`).
 
     Final (delivering) flows: direct: all; hierarchical dispatch: same-node hop 0 and hop 1; combine:
     hop 1 and same-node hop 0 (a node-mate's results for its home GPU share endpoints with partials
@@ -209,10 +241,15 @@ def phase_input(flows: Flows, traffic, topo: Topology, cluster: Cluster, kind: s
     links = np.concatenate([links, local_links])
     indptr = np.concatenate([indptr, indptr[-1] + np.cumsum(lcopies)])
     n_local = len(lgpu)
+    all_src = np.concatenate([src, lgpu])
+    bytes_F = np.concatenate([flows.bytes_F.astype(np.float64), ltok * bytes_per_token]) * scale
+    if curve:
+        inside_F = np.concatenate([same & (src != dst), np.zeros(n_local, bool)])
+        bytes_F = bytes_F * curve_weight_F(cluster, curve, inside_F, all_src, bytes_F, g)
     return PhaseInput(
-        src_F=np.concatenate([src, lgpu]), dst_F=np.concatenate([dst, lgpu]),
+        src_F=all_src, dst_F=np.concatenate([dst, lgpu]),
         tokens_F=np.concatenate([flows.tokens_F.astype(np.float64), ltok]) * scale,
-        bytes_F=np.concatenate([flows.bytes_F.astype(np.float64), ltok * bytes_per_token]) * scale,
+        bytes_F=bytes_F,
         hop_F=np.concatenate([hop, lhop]), final_F=np.concatenate([final, lfinal]), indptr_F1=indptr,
         links_X=links, latency_F=np.concatenate([flows.latency_s_F, np.zeros(n_local)]), capacity_L=capacity,
         physical_links=topo.links, link_bytes_L=flows.link_bytes_L * scale)
@@ -245,8 +282,11 @@ def _chunks(dst_F, arrive_F, tokens_F, gpus: int, chunks: int):
     return arrive_GC, share_GC
 
 
-def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_links: bool = True) -> PhaseTiming:
-    """Arrival and completion offsets of every GPU in a phase (module docstring for the two models)."""
+def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_links: bool = True,
+                chunk_local: bool = True) -> PhaseTiming:
+    """Arrival and completion offsets of every GPU in a phase (module docstring for the two models).
+    `chunk_local` False: the arrival chunks cover only tokens from other GPUs (a runtime that computes a
+    GPU's own tokens as soon as it has them)."""
     physical = p.physical_links
     if model == "analytic":
         load_L = np.bincount(p.links_X, weights=np.repeat(p.bytes_F, np.diff(p.indptr_F1)),
@@ -280,7 +320,7 @@ def solve_phase(p: PhaseInput, cluster: Cluster, model: str, gpus: int, record_l
     done_G = np.zeros(gpus)
     np.maximum.at(done_G, p.src_F, arrive_F)
     np.maximum.at(done_G, p.dst_F, arrive_F)
-    fin = np.flatnonzero(p.final_F)
+    fin = np.flatnonzero(p.final_F & (chunk_local | (p.src_F != p.dst_F)))
     arrive_GC, share_GC = _chunks(p.dst_F[fin], arrive_F[fin], p.tokens_F[fin], gpus, CHUNKS)
     max_latency = float(p.latency_F.max(initial=0.0))
     sync_s = cluster.launch_overhead_us * 1e-6 + 2 * max_latency

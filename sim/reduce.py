@@ -6,9 +6,10 @@ Definitions (per MoE layer means, on the critical GPU = the one that finishes la
 - moe_layer_s: (end of the last MoE layer - end of the layer before the first MoE layer) / MoE layers,
   where a layer ends when its last op or collective part ends on any GPU;
 - breakdown: summed span durations of the critical GPU over MoE layers and micro-batches / MoE layers
-  (expert_s includes the shared expert; dispatch_s and combine_s are its part of each collective, sync
-  included); exposed_comm_s: time in the MoE layers when its compute stream is idle (waiting for data
-  or for a collective) / MoE layers;
+  (expert_s includes the shared expert; dispatch_s is the packing plus its part of each dispatch
+  collective, sync included; combine_s the same for the combine and its sum into the tokens);
+  exposed_comm_s: time in the MoE layers when its compute stream is idle (waiting for data or for a
+  collective) / MoE layers;
 - max_link: the link busy longest per MoE layer (bytes / capacity, dispatch + combine of every
   micro-batch), and max_link_bytes its bytes per MoE layer.
 """
@@ -93,8 +94,9 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
             comm[c.op] += timing.sync_s + float(timing.done_G[critical])
         busy = float(np.clip(np.minimum(cols["end"][mine], w1) - np.maximum(cols["start"][mine], w0), 0, None).sum())
         breakdown = Breakdown(attention_s=total(Op.ATTENTION, Op.ATTENTION_TP), gate_s=total(Op.GATE),
-                              dispatch_s=comm[Op.DISPATCH] / n_moe, expert_s=total(Op.EXPERT, Op.SHARED_EXPERT),
-                              combine_s=comm[Op.COMBINE] / n_moe,
+                              dispatch_s=comm[Op.DISPATCH] / n_moe + total(Op.PACK),
+                              expert_s=total(Op.EXPERT, Op.SHARED_EXPERT),
+                              combine_s=comm[Op.COMBINE] / n_moe + total(Op.COMBINE_SUM),
                               exposed_comm_s=max(w1 - w0 - busy, 0.0) / n_moe)
     link_bytes = _link_bytes_per_moe_layer(plan)
     max_link, max_link_bytes, max_link_busy = "", 0.0, 0.0

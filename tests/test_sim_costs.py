@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from moe.spec.loader import build_scenario
+from moe.spec.schema import GemmPoint
 from sim import costs
-from sim.gemm import gemm_time_s, memory_time_s
+from sim.gemm import gemm_efficiency, gemm_time_s, memory_time_s
 
 
 def scenario(**sections):
@@ -65,14 +66,30 @@ def test_memory_bound_op_is_bytes_over_hbm_plus_launch():
 def test_prefill_attention_core_is_quadratic_in_context_per_sequence():
     bare = bare_cluster(hbm_GBps=1e9, launch_overhead_us=0.0)
     s1 = scenario(workload={"context_len": 4096}).model_copy(update={"cluster": bare})
-    s2 = scenario(workload={"context_len": 8192}).model_copy(update={"cluster": bare})
+    s2 = scenario(workload={"context_len": 8192, "tokens_per_gpu": 8192}).model_copy(update={"cluster": bare})
+    one, two = costs.MicroBatch(4096, 1, 4096, 4096), costs.MicroBatch(8192, 1, 8192, 8192)
     # per token the keys double, so one sequence of twice the length costs four times as much
-    one, two = costs.attention_core_s(s1, 4096), costs.attention_core_s(s2, 8192)
-    assert two / one == pytest.approx(4.0, rel=1e-3)
+    assert costs.attention_core_s(s2, two) / costs.attention_core_s(s1, one) == pytest.approx(4.0, rel=1e-3)
     a = s1.model.attention
     keys = (4096 + 1) / 2  # causal: the average query sees half its sequence
     flops = 2 * a.heads * (a.head_dim + a.rope_dim + a.v_head_dim) * 4096 * keys
-    assert one == pytest.approx(flops / (bare.bf16_TFLOPS * 1e12))
+    assert costs.attention_core_s(s1, one) == pytest.approx(flops / (bare.bf16_TFLOPS * 1e12))
+    # the second half of a sequence (a chunk after 2048 cached tokens) sees 2048 + 2049/2 keys per query
+    late = costs.MicroBatch(2048, 1, 2048, 4096)
+    assert costs.attention_core_s(s1, late) == pytest.approx(
+        2 * a.heads * (a.head_dim + a.rope_dim + a.v_head_dim) * 2048 * (2048 + 2049 / 2) / (bare.bf16_TFLOPS * 1e12))
+
+
+def test_micro_batches_follow_the_runtime_layout():
+    """Whole sequences per micro-batch when there are enough; else chunks of every sequence, each after
+    the previous one and attending to the keys up to its end; a prompt shorter than context_len is one
+    sequence of its own length."""
+    whole = costs.micro_batches(scenario(workload={"tokens_per_gpu": 8192, "context_len": 2048}))
+    assert [(m.tokens, m.sequences, m.keys, m.after) for m in whole] == [(4096, 2, 2048, None)] * 2
+    chunks = costs.micro_batches(scenario(workload={"tokens_per_gpu": 1024, "context_len": 4096}))
+    assert [(m.tokens, m.new, m.keys, m.after) for m in chunks] == [(512, 512, 512, None), (512, 512, 1024, 0)]
+    decode = costs.micro_batches(scenario(workload={"phase": "decode", "tokens_per_gpu": 64, "context_len": 999}))
+    assert [(m.tokens, m.sequences, m.new, m.keys) for m in decode] == [(32, 32, 1, 999)] * 2
 
 
 def test_decode_attention_reads_the_latent_cache_and_tp_does_not_shrink_it():
@@ -82,10 +99,11 @@ def test_decode_attention_reads_the_latent_cache_and_tp_does_not_shrink_it():
     c, m = s.cluster, s.model
     rows, keys = 64, 32768
     cache = rows * keys * (m.attention.kv_latent + m.attention.rope_dim) * 2
-    assert costs.attention_core_s(s, rows) == pytest.approx(float(memory_time_s(c, cache)))
+    mb = costs.MicroBatch(rows, rows, 1, keys)
+    assert costs.attention_core_s(s, mb) == pytest.approx(float(memory_time_s(c, cache)))
     # TP 4: each GPU runs the group's 4x rows at 1/4 of the heads, but reads the whole group's latent cache
     s4 = s.model_copy(update={"parallel": s.parallel.model_copy(update={"attention_tp": 4})})
-    assert costs.attention_core_s(s4, 4 * rows) == pytest.approx(float(memory_time_s(c, 4 * cache)))
+    assert costs.attention_core_s(s4, mb) == pytest.approx(float(memory_time_s(c, 4 * cache)))
 
 
 def test_attention_tp_pays_its_nvlink_collectives():
@@ -110,6 +128,27 @@ def test_grouped_expert_kernel_pays_the_fixed_cost_once():
 
 def test_layer_costs_scale_with_tokens():
     s = scenario(model={"shared_experts": 1})
-    small, big = costs.layer_costs(s, 1024), costs.layer_costs(s, 4096)
-    for name in ("attention_s", "gate_s", "dense_ffn_s", "shared_expert_s"):
+    small, big = (costs.layer_costs(s, costs.MicroBatch(t, 1, t, t), t) for t in (1024, 4096))
+    for name in ("attention_s", "gate_s", "dense_ffn_s", "shared_expert_s", "pack_s", "combine_sum_s"):
         assert 0 < getattr(small, name) < getattr(big, name)
+
+
+def test_points_of_another_dtype_never_change_a_gemm():
+    """The emulator engineer's failure: slow BF16 points (an attention product, ~10x below the GEMM
+    rate) added to the table moved the FP8 experts' times. Families are per dtype now."""
+    c = scenario().cluster
+    m = np.array([16, 128, 1024, 8192])
+    before = gemm_time_s(c, m, 7168, 4096)
+    slow = [GemmPoint(m=q, k=64, n=4096, dtype="bf16", TFLOPS=5.0) for q in (128, 1024, 8192)]
+    after = gemm_time_s(c.model_copy(update={"gemm_table": c.gemm_table + tuple(slow)}), m, 7168, 4096)
+    assert np.array_equal(before, after)
+    # and BF16 GEMMs of a table without BF16 points stay on the BF16 roofline (with the launch cost)
+    assert float(gemm_time_s(c, 4096, 7168, 7168, "bf16")) == pytest.approx(
+        2 * 4096 * 7168 * 7168 / (c.bf16_TFLOPS * 1e12) + c.launch_overhead_us * 1e-6)
+
+
+def test_a_gemm_between_two_families_of_its_dtype_interpolates_in_log_weight():
+    c = scenario().cluster  # fp8 families: 7168 x 2048 and 7168 x 18432
+    lo, hi, mid = (gemm_efficiency(c, 1024, 7168, n) for n in (2048, 18432, 6144))
+    frac = (np.log2(7168 * 6144) - np.log2(7168 * 2048)) / (np.log2(7168 * 18432) - np.log2(7168 * 2048))
+    assert float(mid) == pytest.approx(float(lo + frac * (hi - lo)))

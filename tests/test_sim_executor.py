@@ -9,7 +9,7 @@ from moe.spec.loader import build_scenario
 from sim.backend import run
 from sim.costs import LayerCosts
 from sim.events import Op
-from sim.executor import StepPlan, run_step
+from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming
 
 
@@ -29,14 +29,18 @@ def linear_runs(gpus, chunks, per_chunk):
     return runs
 
 
-def plan(pattern=(0,), mb=1, overlap=True, pipeline=False, costs=None, dispatch=None, combine=None, runs=None):
+def plan(pattern=(0,), mb=1, overlap=True, pipeline=False, costs=None, dispatch=None, combine=None, runs=None,
+         runtime="grouped", local=None, after=()):
     costs = costs or LayerCosts(tokens=1, attention_s=1.0, attention_tp_comm_s=0.0, gate_s=0.5, dense_ffn_s=2.0,
                                 shared_expert_s=0.0)
     dispatch = dispatch or timing(0.1, [2.0, 3.0], [[1, 1, 2, 2], [1, 2, 3, 3]])
     combine = combine or timing(0.1, [1.0, 1.0], [[1, 1, 1, 1], [1, 1, 1, 1]])
     runs = linear_runs(2, 4, 1.0) if runs is None else runs
-    return StepPlan(gpus=2, micro_batches=mb, moe_layer_pattern=tuple(pattern), costs=costs, dispatch=(dispatch,),
-                    combine=(combine,), expert_GCC1=(runs,), overlap=overlap, layer_pipeline=pipeline)
+    work = ExpertWork(runs_GCC1=runs, whole_G=runs[:, 0, -1],
+                      local_G=np.zeros(0) if local is None else np.asarray(local, dtype=float))
+    return StepPlan(gpus=2, micro_batches=mb, moe_layer_pattern=tuple(pattern), costs=(costs,) * mb,
+                    dispatch=(dispatch,), combine=(combine,), expert=(work,), overlap=overlap,
+                    layer_pipeline=pipeline, runtime=runtime, after=after)
 
 
 def spans(rec, gpu):
@@ -85,25 +89,53 @@ def test_two_micro_batches_overlap_communication_with_computation():
     overlapped = run_step(plan(mb=2, overlap=True, dispatch=d, combine=c)).end_s
     one = run_step(plan(mb=1, dispatch=d, combine=c)).end_s
     assert one == pytest.approx(1.5 + 2 + 4 + 1)
-    assert serial == pytest.approx(2 * one)  # no overlap: everything on one stream
-    # overlap: mb1's attention and gate run during mb0's dispatch (1.5..3.5); mb0's experts at 3.5..7.5;
-    # mb1's dispatch 3.5..5.5, its experts after mb0's (7.5..11.5), its combine 11.5..12.5
+    assert serial == pytest.approx(2 * one)  # no overlap: one micro-batch in flight at a time
+    # grouped: mb1's front runs during mb0's dispatch (1.5..3.0); mb0's experts at 3.5..7.5; mb1's
+    # dispatch waits for the engines (3.5..5.5), its experts after mb0's (7.5..11.5), its combine 11.5..12.5
     assert overlapped == pytest.approx(12.5)
 
 
-def test_layer_pipeline_starts_attention_on_arrived_results():
-    """Two layers; the combine results land in four chunks at 1, 2, 3, 4 after the combine starts."""
-    c = timing(0.0, [4.0, 4.0], [[1, 2, 3, 4]] * 2)
+def test_messages_runtime_computes_own_rows_first_and_shards_before_fronts():
+    """messages: a GPU's own rows (1 s) run right after its front; a landed shard goes before the next
+    micro-batch's front. Shards land 2 s after the dispatch starts, in one chunk of 2 s of work."""
+    d = timing(0.0, [2.0, 2.0], [[2, 2, 2, 2]] * 2)
+    c = timing(0.0, [0.5, 0.5], [[0.5] * 4] * 2)
+    runs = np.zeros((2, 4, 5))
+    runs[:, 0, 4] = 2.0  # the remote rows of a micro-batch, all landed at once
+    rec = run_step(plan(mb=2, dispatch=d, combine=c, runs=runs, runtime="messages", local=[1.0, 1.0]))
+    # t 0: front mb0 [0, 1.5] (posts at 1.5); its own rows [1.5, 2.5]; nothing landed: front mb1
+    # [2.5, 4.0]; then the earliest key first, as the runtime's queue: mb0's shard (landed at 3.5)
+    # [4.0, 6.0], then mb1's own rows with its shard, which has landed by then (engines free at 3.5, its
+    # dispatch starts at 4.0 and lands at 6.0) [6.0, 9.0]; mb1's combine starts at 9.0 and lands at 9.5
+    assert spans(rec, 0) == [("ATTENTION", 0.0, 1.0), ("GATE", 1.0, 1.5), ("EXPERT", 1.5, 2.5),
+                             ("ATTENTION", 2.5, 3.5), ("GATE", 3.5, 4.0), ("EXPERT", 4.0, 6.0),
+                             ("EXPERT", 6.0, 9.0)]
+    assert rec.end_s == pytest.approx(9.5)
+
+
+def test_without_layer_pipeline_a_layer_is_a_barrier_across_micro_batches():
+    """Two MoE layers, two micro-batches with different attention costs: without pipelining mb0 starts
+    layer 1 only when mb1 finished layer 0; with it, as soon as its own combine is summed."""
     d = timing(0.0, [0.0, 0.0], [[0, 0, 0, 0]] * 2)
-    base = run_step(plan(pattern=(0, 0), dispatch=d, combine=c))
-    piped = run_step(plan(pattern=(0, 0), dispatch=d, combine=c, pipeline=True))
-    # layer 1's attention: without pipelining from the last arrival (+4); with it, quarter by quarter from +1
-    att_base = [s for s in spans(base, 0) if s[0] == "ATTENTION"][1]
-    att_piped = [s for s in spans(piped, 0) if s[0] == "ATTENTION"][1:]
-    combine0 = next(x.start_s for x in base.collectives if x.op == Op.COMBINE and x.layer == 0)
-    assert att_base[1] == pytest.approx(combine0 + 4)
-    assert [s[1] - combine0 for s in att_piped] == pytest.approx([1.0, 2.0, 3.0, 4.0])
-    assert piped.end_s == pytest.approx(base.end_s - 0.75)
+    c = timing(0.0, [0.0, 0.0], [[0, 0, 0, 0]] * 2)
+    runs = linear_runs(2, 4, 0.0)
+    cheap = LayerCosts(tokens=1, attention_s=1.0, attention_tp_comm_s=0.0, gate_s=0.0, dense_ffn_s=0.0,
+                       shared_expert_s=0.0)
+    costly = LayerCosts(tokens=1, attention_s=3.0, attention_tp_comm_s=0.0, gate_s=0.0, dense_ffn_s=0.0,
+                        shared_expert_s=0.0)
+
+    def step(pipeline):
+        p = plan(pattern=(0, 0), mb=2, dispatch=d, combine=c, runs=runs, pipeline=pipeline, runtime="messages")
+        return run_step(StepPlan(**{**p.__dict__, "costs": (cheap, costly)}))
+
+    base, piped = step(False), step(True)
+    att = [s for s in spans(base, 0) if s[0] == "ATTENTION"]
+    assert att == [("ATTENTION", 0.0, 1.0), ("ATTENTION", 1.0, 4.0), ("ATTENTION", 4.0, 5.0), ("ATTENTION", 5.0, 8.0)]
+    att = [s for s in spans(piped, 0) if s[0] == "ATTENTION"]
+    # pipelined: mb0's layer 1 (ready at 1) runs before mb1's layer 0 front (the earlier layer wins only
+    # among ready fronts): both orders give the same end here, the total attention work
+    assert piped.end_s == pytest.approx(base.end_s) == pytest.approx(8.0)
+    assert {s[1] for s in att} >= {0.0, 1.0}
 
 
 def bare(nodes=1, gpn=1, layers=2, dense=2, phase="prefill", tokens=256, ctx=256, mb=1):

@@ -1,0 +1,195 @@
+"""Times of the runtime's own operations on this device -> `cluster.op_table` points (the Vidur loop:
+profile the implementation's operations, then predict from the table).
+
+Shape letters: T tokens of a call, D hidden, K top_k, E routed experts, R rows given to one expert,
+B sequences, L new tokens per sequence, S keys per sequence (the `context` of a point).
+
+Each operation (moe.model.shapes.OPS) is timed the way a runtime calls it, at a grid of token counts:
+  attention.prefill  Block.attention, naive MLA form, on T new tokens of sequences that end at S keys:
+                     T >= S (T a multiple of S): T / S fresh sequences of S tokens; T < S: the last chunk
+                     of T tokens of one sequence whose first S - T tokens are cached (chunked prefill)
+  attention.decode   Block.attention on T sequences of one new token after S cached tokens (absorbed form)
+  gate               the runtime's gate span: ffn_input (RMSNorm), scores and the weights of given ids
+  dispatch           grouping a micro-batch of T tokens by destination rank and packing its wire rows
+  expert             one local expert's share of a received shard: R rows for that expert, unpacked,
+                     computed, weighted and packed for the combine
+  shared             Block.shared_forward on T tokens
+  dense              the runtime's dense span: ffn_input, dense_forward and the residual add
+  combine            summing a micro-batch's returned rows into its T tokens, plus residual and shared
+  kv_setup.prefill   building one layer's KV cache for a step of T prompt tokens (context 0)
+  kv_setup.decode    the same for T sequences of S cached tokens
+dispatch, expert, combine and kv_setup are the runtime's protocol code, which moe never imports: the
+runtime passes them in as `RuntimeOps` (emu.calibrate builds them from emu.dispatch); without them the
+expert op times Block.expert_forward on FP8 rows and the others are skipped. The routing of dispatch and
+combine is uniform top-K over E experts placed contiguously on `ranks` ranks.
+
+The timer is passed in (`Timer`: median seconds of a zero-argument call, warm-up included): CUDA events
+on a GPU, the host clock on a CPU. Every point is a dict of `cluster.op_table`'s OpPoint keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe.model.model import build_layer, hidden_states
+from moe.model.shapes import op_signature
+from moe.spec.schema import Model
+
+Timer = Callable[[Callable[[], object]], float]
+"""Median seconds of fn() after warm-up (the caller's clock and synchronization)."""
+Call = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class RuntimeOps:
+    """Factories of the runtime's protocol calls; each returns the zero-argument call to time.
+
+    dispatch(z_TD, slot_TK, w_TK, slots_per_rank, ranks)
+    shard(block, expert_of_slot, x_RD, slot_RK, w_RK)            every row has one choice on slot 0
+    combine(x_TD, shared_TD | None, slot_TK, w_TK, slots_per_rank, ranks)
+    kv_setup(block, model, tokens, context, phase)               one layer's caches of a step
+    """
+
+    dispatch: Callable[..., Call] | None = None
+    shard: Callable[..., Call] | None = None
+    combine: Callable[..., Call] | None = None
+    kv_setup: Callable[..., Call] | None = None
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Token counts to measure: `tokens` for per-token ops, `rows` for the expert, (T, S) pairs for
+    attention and the decode KV setup."""
+
+    tokens: tuple[int, ...]
+    rows: tuple[int, ...]
+    prefill: tuple[tuple[int, int], ...]
+    decode: tuple[tuple[int, int], ...]
+    max_setup: int = 1 << 62
+    """kv_setup.decode points only up to this many cached tokens (B x S) per layer."""
+
+
+def prefill_pairs(tokens: tuple[int, ...], contexts: tuple[int, ...], max_tokens: int) -> tuple[tuple[int, int], ...]:
+    """(T, S) prefill points: chunks T < S and whole sequences T = n S, T <= max_tokens."""
+    return tuple((t, s) for s in contexts for t in tokens if t <= max_tokens and (t < s or t % s == 0))
+
+
+def decode_pairs(batches: tuple[int, ...], contexts: tuple[int, ...], max_cached: int) -> tuple[tuple[int, int], ...]:
+    """(B, S) decode points with at most `max_cached` cached tokens (B x S) in one layer."""
+    return tuple((b, s) for s in contexts for b in batches if b * s <= max_cached)
+
+
+def uniform_routing(tokens: int, experts: int, top_k: int, gen: torch.Generator) -> np.ndarray:
+    """ids_TK: top_k distinct experts per token, uniformly at random."""
+    return torch.rand(tokens, experts, generator=gen).argsort(dim=1)[:, :top_k].numpy()
+
+
+def _point(op: str, sig: str, tokens: int, context: int, s: float) -> dict:
+    return {"op": op, "model": sig, "tokens": int(tokens), "context": int(context), "s": float(s)}
+
+
+def _cache(block, batch: int, capacity: int, length: int):
+    cache = block.new_cache(batch, capacity)
+    cache.length = length
+    return cache
+
+
+def attention_calls(block, model: Model, grid: Grid, device, seed: int) -> Iterator[tuple[str, int, int, Call]]:
+    """(op, T, S, call) for the prefill and decode attention points."""
+    for t, s in grid.prefill:
+        b, prior = (t // s, 0) if t >= s else (1, s - t)
+        x_TD = hidden_states(model, t, seed, device=device)
+        cache = _cache(block, b, s, prior)
+
+        def prefill(x_TD=x_TD, cache=cache, prior=prior):
+            cache.length = prior  # the call appends its tokens after the cached ones
+            return block.attention(x_TD, cache, absorbed=False)
+
+        yield "attention.prefill", t, s, prefill
+    for b, s in grid.decode:
+        x_TD = hidden_states(model, b, seed, device=device)
+        cache = _cache(block, b, s + 1, s)  # contents do not change the time: zeros stand for the context
+
+        def decode(x_TD=x_TD, cache=cache, s=s):
+            cache.length = s
+            return block.attention(x_TD, cache)
+
+        yield "attention.decode", b, s, decode
+
+
+def token_calls(dense, moe, model: Model, grid: Grid, ops: RuntimeOps, ranks: int, wire: tuple[str, str],
+                device, seed: int) -> Iterator[tuple[str, int, int, Call]]:
+    """(op, T, 0, call) for the per-token operations."""
+    gen = torch.Generator().manual_seed(seed)
+    slots = -(-model.experts // ranks)
+    for t in grid.tokens:
+        x_TD = hidden_states(model, t, seed, device=device)
+        ids_TK = uniform_routing(t, model.experts, model.top_k, gen)
+        ids_t = torch.from_numpy(ids_TK).to(device)
+        z_TD = moe.ffn_input(x_TD)
+        w_TK = moe.gate.weights(moe.gate.scores(z_TD), ids_t)
+        yield "gate", t, 0, lambda x_TD=x_TD, ids=ids_t: moe.gate.weights(moe.gate.scores(moe.ffn_input(x_TD)), ids)
+        if ops.dispatch is not None:
+            yield "dispatch", t, 0, ops.dispatch(z_TD, ids_TK, w_TK, slots, ranks)
+        shared_TD = moe.shared_forward(z_TD)
+        if moe.shared is not None:
+            yield "shared", t, 0, lambda z_TD=z_TD: moe.shared_forward(z_TD)
+        if ops.combine is not None:
+            yield "combine", t, 0, ops.combine(x_TD, shared_TD, ids_TK, w_TK, slots, ranks)
+
+        def dense_span(x_TD=x_TD):
+            z = dense.ffn_input(x_TD)
+            return (x_TD.float() + dense.dense_forward(z).float()).to(x_TD.dtype)
+
+        yield "dense", t, 0, dense_span
+
+
+def expert_calls(moe, model: Model, grid: Grid, ops: RuntimeOps, device,
+                 seed: int) -> Iterator[tuple[str, int, int, Call]]:
+    """(op, R, 0, call): a shard whose R rows all chose the one local expert."""
+    from moe.model.fp8 import quantize_act
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    for r in grid.rows:
+        x_RD = hidden_states(model, r, seed, 1, device=device)
+        if ops.shard is not None:
+            slot_RK = np.full((r, model.top_k), -1, dtype=np.int64)
+            slot_RK[:, 0] = 0
+            w_RK = torch.rand(r, model.top_k, generator=gen).to(device)
+            yield "expert", r, 0, ops.shard(moe, [0], x_RD, slot_RK, w_RK)
+        else:
+            xq = quantize_act(x_RD)
+            yield "expert", r, 0, lambda xq=xq: moe.expert_forward(0, xq)
+
+
+def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | str = "cpu",
+            ops: RuntimeOps = RuntimeOps(), ranks: int = 1, wire: tuple[str, str] = ("fp8", "bf16"),
+            seed: int = 0, only: tuple[str, ...] | None = None) -> list[dict]:
+    """Op-table points of `model` on `device` (module docstring); `only` limits the operations by name
+    prefix (e.g. ("attention",)). Weights are built for one dense and one MoE layer holding expert 0."""
+    device = torch.device(device)
+    two = model.model_copy(update={"layers": 2, "dense_layers": 1})
+    dense = build_layer(two, seed, 0, device=device)
+    moe = build_layer(two, seed, 1, experts=[0], device=device)
+    want = (lambda op: True) if only is None else (lambda op: op.startswith(only))
+    points = []
+    with torch.inference_mode():
+        calls = [attention_calls(dense, model, grid, device, seed),
+                 token_calls(dense, moe, model, grid, ops, ranks, wire, device, seed),
+                 expert_calls(moe, model, grid, ops, device, seed)]
+        for gen in calls:
+            for op, t, s, call in gen:
+                if want(op):
+                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call)))
+        if ops.kv_setup is not None:
+            setups = [("kv_setup.prefill", t, 0) for t in grid.tokens]
+            setups += [("kv_setup.decode", b, s) for b, s in grid.decode if b * s <= grid.max_setup]
+            for op, t, s in setups:
+                if want(op):
+                    call = ops.kv_setup(dense, model, t, s, op.split(".")[1])
+                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call)))
+    return points
