@@ -43,7 +43,7 @@ def maybe_fail(options: EmuOptions, rank: int, phase: str, timeout_s: float) -> 
 
 
 @contextmanager
-def abort_on_error(transport: Transport) -> Iterator[None]:
+def abort_on_error(transport: Transport, backend: str = "emu") -> Iterator[None]:
     """Run a rank's part of the job; on any exception print it with the rank and end the whole job.
     With one rank there is nothing to abort: the error becomes a RunFailure for the CLI."""
     try:
@@ -51,20 +51,20 @@ def abort_on_error(transport: Transport) -> Iterator[None]:
     except SpecError:
         if transport.size == 1:
             raise
-        _report(transport, sys.exc_info()[1])
+        _report(transport, sys.exc_info()[1], backend)
         transport.abort(2)
     except BaseException as err:  # noqa: B902 - every failure, KeyboardInterrupt included, ends the job
         if transport.size == 1:
             if isinstance(err, RunFailure | KeyboardInterrupt):
                 raise
-            raise RunFailure(f"emu: rank 0 of 1 failed: {type(err).__name__}: {err}") from err
-        _report(transport, err)
+            raise RunFailure(f"{backend}: rank 0 of 1 failed: {type(err).__name__}: {err}") from err
+        _report(transport, err, backend)
         transport.abort(1)
 
 
-def _report(transport: Transport, err: BaseException | None) -> None:
+def _report(transport: Transport, err: BaseException | None, backend: str = "emu") -> None:
     name = type(err).__name__ if err is not None else "error"
-    print(f"moetb emu: rank {transport.rank} of {transport.size} failed: {name}: {err}", file=sys.stderr,
+    print(f"moetb {backend}: rank {transport.rank} of {transport.size} failed: {name}: {err}", file=sys.stderr,
           flush=True)
     if os.environ.get("MOETB_DEBUG"):
         traceback.print_exc(file=sys.stderr)

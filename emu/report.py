@@ -67,7 +67,9 @@ def link_figures(scenario: Scenario, pairs_PJGG: np.ndarray) -> dict:
             "inter_node_bytes": float(link_L[nic_out].sum())}
 
 
-def build_output(scenario: Scenario, plan: RunPlan, records: list, transport_name: str) -> RunOutput:
+def build_output(scenario: Scenario, plan: RunPlan, records: list, transport_name: str, backend: str = "emu",
+                 machine: str | None = None) -> RunOutput:
+    """`backend` and `machine` name what measured (the real backend reuses this reduction)."""
     m, ranks = scenario.model, len(records)
     step_RN = np.array([r.step_s for r in records])
     step_N = step_RN.max(axis=0)
@@ -110,7 +112,7 @@ def build_output(scenario: Scenario, plan: RunPlan, records: list, transport_nam
     if ranks <= 64:
         extra["pair_tokens_GG"] = pairs.sum(axis=(0, 1)).tolist()
     result = Result(
-        backend="emu", machine=f"{ranks} MPI ranks on {', '.join(extra['hosts'])} ({cpu_name()})",
+        backend=backend, machine=machine or f"{ranks} MPI ranks on {', '.join(extra['hosts'])} ({cpu_name()})",
         spec_hash=spec_hash(scenario), spec=scenario_dict(scenario), step_time_s=step_time,
         tokens_per_s=t * ranks / step_time, tokens_per_s_per_gpu=t / step_time, moe_layer_s=moe_layer,
         breakdown=breakdown, **links, expert_load_imbalance=imbalance,

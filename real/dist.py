@@ -97,13 +97,22 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-def launch(ranks: int, argv: list[str], timeout_s: float | None = None) -> None:
-    """Start `ranks` processes of `python -m moe argv...` under torchrun on this host and wait."""
+def _stderr_fd() -> int:
+    """Our stderr's descriptor, or /dev/null where stderr is not a file (an embedding host's capture)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return subprocess.DEVNULL
+
+
+def launch(ranks: int, argv: list[str], timeout_s: float | None = None, env: dict | None = None) -> None:
+    """Start `ranks` processes of `python -m moe argv...` under torchrun on this host and wait. Their
+    stdout goes to our stderr (our stdout may have to hold one JSON object); `env` adds variables."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
            "-m", "moe", *argv]
-    env = {**os.environ, **NCCL_SAFE_ENV}
+    env = {**os.environ, **NCCL_SAFE_ENV, **(env or {})}
     try:
-        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, timeout=timeout_s)
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=_stderr_fd(), timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise RunFailure(f"real: {' '.join(argv[:2])} on {ranks} ranks did not finish in {timeout_s:g} s") from None
     if proc.returncode != 0:

@@ -1,0 +1,397 @@
+"""The Transport over torch.distributed: NCCL on GPUs (CUDA tensors, no host copies), gloo on CPUs (CI).
+
+Shape letters: R ranks, X count columns, B bytes of a buffer.
+
+A grouped transport (`emu.transport`): the split sends and receives that the protocol (`emu.dispatch`)
+posts for one (layer, micro-batch) key and phase form a `Group`, issued as one collective once both sides
+are posted:
+  phase "dispatch": payload + meta shards      phase "combine": result rows
+  mode `all_to_all`: one `all_to_all_single` per buffer kind with the byte splits, own part included
+  mode `p2p`:        one `batch_isend_irecv` of every peer's parts; the own part is copied locally
+Receive buffers are one tensor per kind with a region per source in rank order, so a key's shards are
+one contiguous block for the experts. Each phase has its own process group and issues its groups in key
+order; the runtime starts keys in order on every rank (`emu.runtime`), so all ranks call every group's
+collectives in one order whatever the local timing. The counts go over a third group.
+
+On a GPU every collective runs on its phase's CUDA stream, which first waits (event) for the compute
+stream at the moment of issue (the inputs are complete); a group's `done` event ends it. Completion is
+stream-ordered: an operation is reported done once enqueued, and `ready(buffers)` makes the compute
+stream wait for the groups that fill them, so the host never waits for a transfer. The one host
+synchronization per (layer, micro-batch) is the counts exchange: a receiver must know its shard sizes
+before it can post the receives. Tensors of a group stay referenced until its `done` event has passed,
+so the caching allocator never reuses memory a transfer still reads or writes. On CPUs (gloo) completion
+is observed by the host (`Work.is_completed`), unless `stream_ordered` asks for the GPU's semantics,
+which tests use to check that the runtime calls `ready` before every read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from emu import dispatch as dp
+from emu.transport import CountsExchange, Pending, Transport, host_to, poll_until
+from moe.errors import RunFailure
+
+PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_META: "dispatch", dp.KIND_RESULT: "combine"}
+MODES = ("p2p", "all_to_all")
+
+
+@dataclass
+class Groups:
+    """The process groups of one job: counts, dispatch and combine collectives, and pickled objects."""
+
+    backend: str
+    counts: Any
+    dispatch: Any
+    combine: Any
+    objects: Any
+
+
+_GROUPS: Groups | None = None
+
+
+def process_groups(backend: str, timeout_s: float) -> Groups:
+    """This job's groups, made once per process (new_group is collective: every rank calls it in the same
+    order). NCCL groups get high-priority streams where torch offers them, so transfers are scheduled
+    ahead of queued compute; a first all-reduce on each creates its communicator on every rank."""
+    global _GROUPS
+    if _GROUPS is not None and _GROUPS.backend == backend:
+        return _GROUPS
+    timeout = datetime.timedelta(seconds=timeout_s)
+    options = None
+    if backend == "nccl":
+        try:
+            options = dist.ProcessGroupNCCL.Options()
+            options.is_high_priority_stream = True
+        except AttributeError:
+            options = None
+    made = [dist.new_group(backend=backend, timeout=timeout, pg_options=options) for _ in range(3)]
+    objects = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    for g in made:
+        dist.all_reduce(torch.zeros(1, device=device), group=g)
+    _GROUPS = Groups(backend, *made, objects)
+    return _GROUPS
+
+
+def forget_process_groups() -> None:
+    """After `destroy_process_group`: the next job makes new groups."""
+    global _GROUPS
+    _GROUPS = None
+
+
+class _Waiter:
+    """gloo's point-to-point works report completion only from `wait()`: a thread waits for them, so the host
+    observes their completion as it does a collective's."""
+
+    def __init__(self, works: list):
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        threading.Thread(target=self._wait, args=(works,), daemon=True).start()
+
+    def _wait(self, works: list) -> None:
+        try:
+            for w in works:
+                w.wait()  # bounded by the group's timeout
+        except BaseException as err:  # noqa: B902 - handed to the rank's thread by wait()
+            self.error = err
+        finally:
+            self.finished.set()
+
+    def is_completed(self) -> bool:
+        return self.finished.is_set()
+
+    def wait(self) -> None:
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass(eq=False)
+class Group:
+    """One phase of one key: the protocol's split sends and receives, then the collective that moves them."""
+
+    phase: str
+    key: int
+    send: tuple[list[torch.Tensor], list[np.ndarray]] | None = None
+    """Flat input buffers and their byte splits per rank."""
+    recv: tuple[list[torch.Tensor], list[np.ndarray]] | None = None
+    """Flat output buffers (a region per source, rank order) and their byte splits."""
+    issued: bool = False
+    works: list = field(default_factory=list)
+    done: Any = None
+    """CUDA event at the end of the group's transfers on its phase stream."""
+    waited: set = field(default_factory=set)
+    """Streams already made to wait for `done`."""
+
+
+class RealTransport(Transport):
+    grouped = True
+
+    def __init__(self, groups: Groups, mode: str, device: torch.device, timeout_s: float,
+                 stream_ordered: bool | None = None):
+        if mode not in MODES:
+            raise ValueError(f"transport mode {mode!r} is not one of {MODES}")
+        self.pg = groups
+        self.mode = mode
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream_ordered = self.cuda if stream_ordered is None else stream_ordered
+        self.timeout_s = timeout_s
+        self.name = f"{groups.backend} {mode}"
+        self.messages_posted = 0
+        """Collective calls (one all_to_all_single per buffer kind, or one batch_isend_irecv)."""
+        self.timing: Callable[[str, int, Any, Any], None] | None = None
+        """Called with (name, key, start event, end event) for each transfer ("dispatch_transfer",
+        "combine_transfer", on its phase stream) and each wait of the compute stream for one
+        ("wait_dispatch", "wait_combine"); CUDA only."""
+        self.streams = {p: torch.cuda.Stream(device, priority=-1) for p in ("counts", "dispatch", "combine")} \
+            if self.cuda else {}
+        self.in_flight: list[Group] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Start of a step: keys start again at 0 (groups still in flight stay referenced)."""
+        self.groups: dict[tuple[str, int], Group] = {}
+        self.next_issue = {"dispatch": 0, "combine": 0}
+        self.by_buffer: dict[int, Group] = {}
+
+    # ------------------------------------------------------------------------------------ counts
+    def exchange_counts(self, send_RX: np.ndarray, key: int) -> CountsExchange:
+        """Synchronous all-to-all of count rows: row r of send_RX to rank r."""
+        send = np.ascontiguousarray(send_RX, dtype=np.int64)
+        if not self.cuda:
+            recv_t = torch.empty(send.shape, dtype=torch.int64)
+            dist.all_to_all_single(recv_t, torch.from_numpy(send), group=self.pg.counts)  # bounded: group timeout
+            return CountsExchange(key=key, send_RX=send, recv_RX=recv_t.numpy())
+        stream = self.streams["counts"]
+        with torch.cuda.stream(stream):  # its own stream: it waits for no compute and no shard transfer
+            send_t = host_to(torch.from_numpy(send), self.device)
+            recv_t = torch.empty_like(send_t)
+            dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
+            host = torch.empty(send.shape, dtype=torch.int64, pin_memory=True)
+            host.copy_(recv_t, non_blocking=True)
+            arrived = torch.cuda.Event()
+            arrived.record(stream)
+        # host synchronization, the only one per (layer, micro-batch): the receiver must know its shard sizes
+        # before it posts their receives (bounded, so a dead peer ends the job instead of hanging it)
+        poll_until(lambda: True if arrived.query() else None, self.timeout_s,
+                   f"the counts of exchange {dp.key_of_tag(key)}", self.rank, self.spin_s)
+        return CountsExchange(key=key, send_RX=send, recv_RX=host.numpy().copy())
+
+    # ------------------------------------------------------------------------------ shard groups
+    def _group(self, tags: Sequence[int]) -> Group:
+        keys = {dp.key_of_tag(t) for t in tags}
+        phases = {PHASE_OF_KIND[t % 4] for t in tags}
+        if len(keys) != 1 or len(phases) != 1:
+            raise ValueError(f"rank {self.rank}: one split call must carry one key and phase, got tags {list(tags)}")
+        ident = (phases.pop(), keys.pop())
+        if ident not in self.groups:
+            self.groups[ident] = Group(*ident)
+        return self.groups[ident]
+
+    def isend_split(self, bufs_B, splits_PR, tags, meta=()) -> list[Pending]:
+        g = self._group(tags)
+        if g.send is not None:
+            raise RuntimeError(f"rank {self.rank}: second send of {g.phase} key {g.key} (one per key and phase)")
+        splits = [np.asarray(s, dtype=np.int64) for s in splits_PR]
+        for b, s in zip(bufs_B, splits, strict=True):
+            if b.dtype != torch.uint8 or b.dim() != 1 or b.numel() != int(s.sum()):
+                raise ValueError(f"rank {self.rank}: send buffer {b.dtype} {tuple(b.shape)} does not hold its "
+                                 f"splits ({int(s.sum())} bytes)")
+        g.send = (list(bufs_B), splits)
+        posted = [Pending(g, b, r, t, (*meta, r)) for b, s, t in zip(bufs_B, splits, tags, strict=True)
+                  for r in range(self.size) if r != self.rank and s[r]]
+        self._issue_ready(g.phase)
+        return posted
+
+    def irecv_split(self, nbytes_PR, tags, meta=()) -> tuple[list[dict[int, torch.Tensor]], list[Pending]]:
+        g = self._group(tags)
+        if g.recv is not None:
+            raise RuntimeError(f"rank {self.rank}: second receive of {g.phase} key {g.key} (one per key and phase)")
+        splits = [np.asarray(s, dtype=np.int64) for s in nbytes_PR]
+        bufs, views, posted = [], [], []
+        for s, t in zip(splits, tags, strict=True):
+            buf = torch.empty(int(s.sum()), dtype=torch.uint8, device=self.device)
+            off = np.concatenate([[0], np.cumsum(s)])
+            mine = {r: buf[int(off[r]):int(off[r + 1])] for r in range(self.size) if s[r]}
+            for r, v in mine.items():
+                self.by_buffer[v.data_ptr()] = g
+                posted.append(Pending(g, v, r, t, (*meta, r)))
+            bufs.append(buf)
+            views.append(mine)
+        g.recv = (bufs, splits)
+        self._issue_ready(g.phase)
+        return views, posted
+
+    def _issue_ready(self, phase: str) -> None:
+        """Issue this phase's complete groups in key order."""
+        while True:
+            g = self.groups.get((phase, self.next_issue[phase]))
+            if g is None or g.send is None or g.recv is None:
+                return
+            self._issue(g)
+            self.next_issue[phase] += 1
+
+    def _issue(self, g: Group) -> None:
+        (ins, in_splits), (outs, out_splits) = g.send, g.recv
+        if len(ins) != len(outs) or any(a[self.rank] != b[self.rank] for a, b in zip(in_splits, out_splits,
+                                                                                       strict=True)):
+            raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: sends and receives do not match "
+                               f"(own part {[int(a[self.rank]) for a in in_splits]} vs "
+                               f"{[int(b[self.rank]) for b in out_splits]})")
+        group = self.pg.dispatch if g.phase == "dispatch" else self.pg.combine
+        if not self.cuda:
+            g.works = self._launch(group, ins, in_splits, outs, out_splits)
+            if self.mode == "p2p" and g.works:
+                g.works = [_Waiter(g.works)]
+        else:
+            stream = self.streams[g.phase]
+            stream.wait_stream(torch.cuda.current_stream(self.device))  # the inputs are complete
+            with torch.cuda.stream(stream):
+                start = torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                for w in self._launch(group, ins, in_splits, outs, out_splits):
+                    w.wait()  # the phase stream waits for NCCL's stream; the host does not wait
+                g.done = torch.cuda.Event(enable_timing=True)
+                g.done.record(stream)
+            if self.timing is not None:
+                self.timing(f"{g.phase}_transfer", g.key, start, g.done)
+        g.issued = True
+        self.in_flight.append(g)
+
+    def _launch(self, group, ins, in_splits, outs, out_splits) -> list:
+        """The collectives of one group on the current stream; returns their works."""
+        if self.mode == "all_to_all":
+            self.messages_posted += len(ins)
+            return [dist.all_to_all_single(o, i, so.tolist(), si.tolist(), group=group, async_op=True)
+                    for i, si, o, so in zip(ins, in_splits, outs, out_splits, strict=True)]
+        in_off = [np.concatenate([[0], np.cumsum(s)]) for s in in_splits]
+        out_off = [np.concatenate([[0], np.cumsum(s)]) for s in out_splits]
+        ops = []
+        for r in range(self.size):
+            for kind, (i, o) in enumerate(zip(ins, outs, strict=True)):
+                a, b = int(in_off[kind][r]), int(in_off[kind][r + 1])
+                c, d = int(out_off[kind][r]), int(out_off[kind][r + 1])
+                if r == self.rank:
+                    if a < b:  # own part: a local copy into its region, so the block stays contiguous
+                        o[c:d].copy_(i[a:b])
+                    continue
+                if a < b:
+                    ops.append(dist.P2POp(dist.isend, i[a:b], r, group))
+                if c < d:
+                    ops.append(dist.P2POp(dist.irecv, o[c:d], r, group))
+        if not ops:
+            return []
+        self.messages_posted += 1
+        return dist.batch_isend_irecv(ops)
+
+    # -------------------------------------------------------------------------------- completion
+    def _finished(self, g: Group) -> bool:
+        """Whether a group's transfers have ended (raising the error of a failed one)."""
+        if self.cuda:
+            return bool(g.done.query())
+        if not all(w.is_completed() for w in g.works):
+            return False
+        for w in g.works:
+            w.wait()  # completed: returns at once, or raises the transfer's error
+        return True
+
+    def test_some(self, pending: Sequence[Pending]) -> list[int]:
+        done = []
+        for i, p in enumerate(pending):
+            if not p.done and p.handle.issued and (self.stream_ordered or self._finished(p.handle)):
+                p.done = True
+                done.append(i)
+        self.in_flight = [g for g in self.in_flight if not self._finished(g)]  # their tensors may go now
+        return done
+
+    def ready(self, *bufs: torch.Tensor) -> None:
+        groups = {id(g): g for g in (self.by_buffer.get(b.data_ptr()) for b in bufs) if g is not None}
+        for g in groups.values():
+            if not g.issued:
+                raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key} read before it was issued")
+            if not self.stream_ordered:
+                continue  # reported done only once its data was there
+            if not self.cuda:
+                self._wait_host(g, f"{g.phase} transfers of exchange {g.key}")
+                continue
+            stream = torch.cuda.current_stream(self.device)
+            if stream.cuda_stream in g.waited:
+                continue
+            g.waited.add(stream.cuda_stream)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            stream.wait_event(g.done)  # the compute stream waits for the transfer, the host does not
+            end.record(stream)
+            if self.timing is not None:
+                self.timing(f"wait_{g.phase}", g.key, start, end)
+
+    def _wait_host(self, g: Group, what: str) -> None:
+        poll_until(lambda: True if self._finished(g) else None, self.timeout_s, what, self.rank, self.spin_s)
+
+    def join(self) -> None:
+        """End of a step: the current stream (GPU) or the host (CPU) waits for every transfer issued."""
+        for g in self.in_flight:
+            if self.cuda:
+                torch.cuda.current_stream(self.device).wait_event(g.done)
+            else:
+                self._wait_host(g, f"the {g.phase} transfers of exchange {g.key} at the end of the step")
+        if not self.cuda:
+            self.in_flight = []
+
+    def isend(self, buf_B, dst, tag, meta=None) -> Pending:
+        raise NotImplementedError("a grouped transport moves shards with isend_split")
+
+    def irecv(self, buf_B, src, tag, meta=None) -> Pending:
+        raise NotImplementedError("a grouped transport moves shards with irecv_split")
+
+    # ------------------------------------------------------------------------------ buffers
+    def take_buffer(self, nbytes: int) -> torch.Tensor:
+        """A fresh buffer from torch's caching allocator (which already pools device memory)."""
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def give_buffer(self, buf: torch.Tensor) -> None:
+        return None  # the allocator takes it back when the last reference (a group's included) goes
+
+    # ------------------------------------------------------------------------------ collectives
+    def barrier(self, timeout_s: float) -> None:
+        """All ranks here; a missing rank is named (gloo's monitored barrier)."""
+        dist.monitored_barrier(group=self.pg.objects, timeout=datetime.timedelta(seconds=timeout_s))
+
+    def gather(self, obj: Any, timeout_s: float) -> list[Any] | None:
+        out = [None] * self.size if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0, group=self.pg.objects)  # bounded by the group's timeout
+        return out
+
+    def bcast(self, obj: Any, timeout_s: float) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.pg.objects)
+        return box[0]
+
+    def abort(self, code: int) -> NoReturn:
+        """End this process at once; the launcher (torchrun, mpirun, srun --kill-on-bad-exit) then ends
+        the other ranks. No process-group teardown: with a peer gone it could block."""
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise RunFailure(f"real: unknown transport {mode!r}; known: {', '.join(MODES)}")
