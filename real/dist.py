@@ -72,14 +72,14 @@ def init(backend: str, timeout_s: float) -> Place:
         os.environ.setdefault(key, value)
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     where = place() or Place(0, 1, 0, "none")
-    if "MASTER_ADDR" not in os.environ:
-        if where.size == 1:
-            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(_free_port())
-        else:
-            _rendezvous_over_mpi()
     if dist.is_initialized():
         return where
     kwargs = {}
+    if "MASTER_ADDR" not in os.environ:
+        if where.size == 1:  # a job of one process: an in-memory store, no rendezvous
+            kwargs["store"] = dist.HashStore()
+        else:
+            _rendezvous_over_mpi()
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise RunFailure("real: backend nccl needs CUDA GPUs and none is visible")

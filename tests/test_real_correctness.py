@@ -180,7 +180,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from real import dist as rdist
-    from real.transport import RealTransport, process_groups
+    from real.transport import RealTransport, forget_process_groups, process_groups
 
     backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "gloo"
     variants = argv[argv.index("--variants") + 1].split(",") if "--variants" in argv else list(VARIANTS)
@@ -196,7 +196,9 @@ def main(argv: list[str]) -> int:
         failures += check_cases(tr, variant, quick="--quick" in argv)
     if failures and where.rank == 0:
         print("\n".join(failures), file=sys.stderr)
+    del tr, groups
     rdist.finish()
+    forget_process_groups()
     return 1 if failures else 0
 
 

@@ -1,0 +1,120 @@
+"""Units of the real backend on one in-process gloo rank: groups issue in key order per phase and only once
+both sides are posted, own parts land in their region, completion semantics (host-observed vs
+stream-ordered), misuse is refused; cat_rows views adjacent blocks; options and machine names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emu import dispatch as dp
+
+
+@pytest.fixture(scope="module")
+def groups():
+    from real import dist
+    from real.transport import forget_process_groups, process_groups
+
+    dist.init("gloo", timeout_s=30)
+    yield process_groups("gloo", 30)
+    dist.finish()
+    forget_process_groups()
+
+
+def transport(groups, mode: str, stream_ordered: bool = False):
+    from real.transport import RealTransport
+
+    return RealTransport(groups, mode, torch.device("cpu"), 30.0, stream_ordered=stream_ordered)
+
+
+def post_combine(tr, key: int, payload: bytes):
+    """One rank's combine group of `key`: its result rows to itself (the only rank)."""
+    send = torch.tensor(list(payload), dtype=torch.uint8)
+    (views,), recv_pending = tr.irecv_split([np.array([len(payload)])], [dp.tag(key, dp.KIND_RESULT)], ("result", key))
+    send_pending = tr.isend_split([send], [np.array([len(payload)])], [dp.tag(key, dp.KIND_RESULT)], ("sent", key))
+    return views, recv_pending + send_pending
+
+
+@pytest.mark.parametrize("mode", ["p2p", "all_to_all"])
+def test_groups_issue_in_key_order_and_deliver_the_own_part(groups, mode):
+    tr = transport(groups, mode)
+    later, pending1 = post_combine(tr, 1, b"later")
+    assert not tr.groups[("combine", 1)].issued  # key 0 of this phase comes first
+    first, pending0 = post_combine(tr, 0, b"first")
+    assert tr.groups[("combine", 0)].issued and tr.groups[("combine", 1)].issued
+    tr.wait_all(pending0 + pending1, 10.0, "test groups")
+    tr.ready(first[0], later[0])
+    assert bytes(first[0].tolist()) == b"first" and bytes(later[0].tolist()) == b"later"
+    assert [p.meta for p in pending0] == [("result", 0, 0)]  # the own part is an operation too
+
+
+def test_a_half_posted_group_is_not_issued(groups):
+    tr = transport(groups, "all_to_all")
+    tr.irecv_split([np.array([4])], [dp.tag(0, dp.KIND_RESULT)])
+    assert not tr.groups[("combine", 0)].issued
+    assert tr.next_issue["combine"] == 0
+
+
+def test_stream_ordered_completion_is_reported_at_issue(groups):
+    tr = transport(groups, "p2p", stream_ordered=True)
+    views, pending = post_combine(tr, 0, b"abc")
+    assert tr.test_some(pending) == list(range(len(pending)))
+    tr.ready(views[0])  # on gloo: waits (bounded) for the group's work
+    assert bytes(views[0].tolist()) == b"abc"
+
+
+def test_counts_exchange_is_synchronous(groups):
+    tr = transport(groups, "all_to_all")
+    ex = tr.exchange_counts(np.array([[5, 2, 3]]), dp.tag(0, dp.KIND_COUNTS))
+    assert ex.complete and ex.recv_RX.tolist() == [[5, 2, 3]]
+
+
+def test_misuse_is_refused(groups):
+    tr = transport(groups, "all_to_all")
+    tr.isend_split([torch.zeros(3, dtype=torch.uint8)], [np.array([3])], [dp.tag(0, dp.KIND_RESULT)])
+    with pytest.raises(RuntimeError, match="second send of combine key 0"):
+        tr.isend_split([torch.zeros(3, dtype=torch.uint8)], [np.array([3])], [dp.tag(0, dp.KIND_RESULT)])
+    with pytest.raises(RuntimeError, match="sends and receives do not match"):  # own part 3 bytes vs 4
+        tr.irecv_split([np.array([4])], [dp.tag(0, dp.KIND_RESULT)])
+    with pytest.raises(ValueError, match="does not hold its splits"):
+        tr.isend_split([torch.zeros(2, dtype=torch.uint8)], [np.array([3])], [dp.tag(1, dp.KIND_RESULT)])
+    with pytest.raises(ValueError, match="one key and phase"):
+        tr.isend_split([torch.zeros(1, dtype=torch.uint8)] * 2, [np.array([1])] * 2,
+                       [dp.tag(2, dp.KIND_PAYLOAD), dp.tag(2, dp.KIND_RESULT)])
+    with pytest.raises(NotImplementedError):
+        tr.isend(torch.zeros(1, dtype=torch.uint8), 0, 0)
+
+
+def test_cat_rows_views_adjacent_blocks_and_copies_others():
+    buf = torch.arange(24, dtype=torch.uint8)
+    a, b = buf[:8].view(2, 4), buf[8:20].view(3, 4)
+    joined = dp.cat_rows([a, b])
+    assert joined.data_ptr() == a.data_ptr() and joined.shape == (5, 4)
+    assert torch.equal(joined, buf[:20].view(5, 4))
+    c = buf[12:16].view(1, 4)  # not where a's rows end
+    apart = dp.cat_rows([a, c])
+    assert apart.data_ptr() != a.data_ptr() and torch.equal(apart, torch.cat([a, c]))
+    other = torch.arange(8, dtype=torch.uint8).view(2, 4)  # another buffer
+    assert torch.equal(dp.cat_rows([a, other]), torch.cat([a, other]))
+
+
+def test_real_options_drive_the_runtime():
+    from moe.spec import load_scenario
+    from real.job import runtime_scenario
+
+    s = load_scenario({"model": {"preset": "tiny"}, "cluster": {"preset": "cpu-host"},
+                       "placement": {"strategy": "contiguous"},
+                       "emu": {"warmup": 5, "repeats": 7, "timeout_s": 9.0, "fail_rank": 1},
+                       "real": {"warmup": 0, "repeats": 2, "timeout_s": 3.0}})
+    e = runtime_scenario(s, "cpu").emu
+    assert (e.warmup, e.repeats, e.timeout_s, e.device, e.fail_rank) == (0, 2, 3.0, "cpu", 1)
+
+
+def test_machine_name_counts_gpus_per_kind():
+    from types import SimpleNamespace
+
+    from real.backend import machine_name
+
+    recs = [SimpleNamespace(device=f"cuda:{i} (NVIDIA H100 80GB HBM3)", host="n1") for i in range(4)]
+    assert machine_name(recs) == "4 x NVIDIA H100 80GB HBM3 on 1 host (n1)"
