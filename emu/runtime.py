@@ -104,6 +104,8 @@ class RankRuntime:
         self.pending: list[Pending] = []
         self.shard_queue: deque[tuple[int, int]] = deque()
         self.queued_all: set[int] = set()
+        self.computed: set[int] = set()
+        """Keys whose shards (all sources at once) this rank has computed."""
         self.stats = StepStats(np.zeros((self.cfg.moe_layers, self.tr.size), dtype=np.int64),
                                np.zeros(self.cfg.moe_layers, dtype=np.int64), [0.0] * layers)
         if self.tr.grouped:  # fronts first: see the module docstring
@@ -203,6 +205,8 @@ class RankRuntime:
             result_MV = torch.empty(0, ex.result_row_bytes, dtype=torch.uint8, device=self.device)
         for s in sources:
             del ex.shard_bufs[s]
+        if src == ALL_SOURCES:
+            self.computed.add(key)
         self.stats.requests_J[layer - self.cfg.dense_layers] += int(slot_rows_S.sum())
         for s, (w, m) in zip(sources, parts, strict=True):
             if s != self.tr.rank:  # compute_shard copied what it needed out of the receive buffers
@@ -217,6 +221,8 @@ class RankRuntime:
             ex = st.exchange
             if ex is None or not ex.combined:
                 continue
+            if self.tr.grouped and ex.key not in self.computed:
+                continue  # a rank that sent nothing still combines where the others do: after its shards
             layer = st.layer
             if self.fault_armed:
                 maybe_fail(self.opts, self.tr.rank, "combine", self.opts.timeout_s)

@@ -167,11 +167,15 @@ class RealTransport(Transport):
         self.groups: dict[tuple[str, int], Group] = {}
         self.next_issue = {"dispatch": 0, "combine": 0}
         self.by_buffer: dict[int, Group] = {}
+        self.issue_log: list[tuple[str, int]] = []
+        """(phase, key) of every collective of this step in issue order (counts included): the same on
+        every rank with stream-ordered completion, the same per phase otherwise (tests)."""
 
     # ------------------------------------------------------------------------------------ counts
     def exchange_counts(self, send_RX: np.ndarray, key: int) -> CountsExchange:
         """Synchronous all-to-all of count rows: row r of send_RX to rank r."""
         send = np.ascontiguousarray(send_RX, dtype=np.int64)
+        self.issue_log.append(("counts", dp.key_of_tag(key)))
         if not self.cuda:
             recv_t = torch.empty(send.shape, dtype=torch.int64)
             dist.all_to_all_single(recv_t, torch.from_numpy(send), group=self.pg.counts)  # bounded: group timeout
@@ -270,6 +274,7 @@ class RealTransport(Transport):
             if self.timing is not None:
                 self.timing(f"{g.phase}_transfer", g.key, start, g.done)
         g.issued = True
+        self.issue_log.append((g.phase, g.key))
         self.in_flight.append(g)
 
     def _launch(self, group, ins, in_splits, outs, out_splits) -> list:

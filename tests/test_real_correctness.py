@@ -7,6 +7,7 @@ sets them, without its agent: a second faster). Each transport runs twice: compl
 host (gloo's own), and stream-ordered completions (NCCL's semantics: an operation counts as done once
 issued and its data is visible only after `Transport.ready`), which checks that the runtime calls
 `ready` before every read of a received buffer: a missing call reads a buffer gloo has not filled yet.
+Every case also checks that all ranks issued their collectives in one order (`same_order`).
 On GPUs (`-m gpu`) the same body runs on NCCL ranks under torchrun, the reference on the same GPU (same
 FP8 GEMM path).
 """
@@ -128,13 +129,16 @@ def check_case(tr, overrides: list[str]) -> dict:
     job = RealJob(s, tr, plan=plan, model=model_for(s, held, tr.device))
     job.runtime.layer_outputs = {}
     ref_model = model_for(s, None, tr.device)  # every expert, one process
-    worst, frob, layer_frob, traffic_ok = 0.0, 0.0, 0.0, True
+    worst, frob, layer_frob, traffic_ok, order_ok = 0.0, 0.0, 0.0, True, True
     for pattern in range(s.workload.steps):
         out_TD, stats = job.step(pattern, record=False)
         layer_frob = max(layer_frob, layer_errors(s, job, ref_model, pattern))
         rows = [None] * tr.size
         dist.all_gather_object(rows, stats.pair_rows_JR, group=tr.pg.objects)
         traffic_ok &= bool(np.array_equal(np.stack(rows, axis=1), job.plan.pair_tokens_PJGG[pattern]))
+        logs = [None] * tr.size
+        dist.all_gather_object(logs, tr.issue_log, group=tr.pg.objects)
+        order_ok &= same_order(logs, tr.stream_ordered)
         x_TD = inputs(s, pattern, tr.rank, tr.size, tr.device)
         routing, keep = {}, {}
         for j, r in enumerate(job.plan.routing_PJ[pattern]):
@@ -147,7 +151,17 @@ def check_case(tr, overrides: list[str]) -> dict:
         worst = max(worst, float(diff.abs().max() / ref_TD.float().abs().max()))
         frob = max(frob, float(diff.norm() / ref_TD.float().norm()))
     return {"max_err": worst, "frob_err": frob, "layer_frob_err": layer_frob, "traffic_ok": traffic_ok,
-            "messages": tr.messages_posted}
+            "order_ok": order_ok}
+
+
+def same_order(logs: list[list[tuple[str, int]]], stream_ordered: bool) -> bool:
+    """Every rank issued its collectives in one order: all of them (stream-ordered completion, as on a
+    GPU, where kernels of different communicators must not be launched in different orders), or those of
+    each phase (host-observed completion: each phase has its own process group)."""
+    if stream_ordered:
+        return all(log == logs[0] for log in logs)
+    phases = {p for log in logs for p, _ in log}
+    return all([e for e in log if e[0] == p] == [e for e in logs[0] if e[0] == p] for log in logs for p in phases)
 
 
 def check_cases(tr, variant: str, quick: bool) -> list[str]:
@@ -164,14 +178,16 @@ def check_cases(tr, variant: str, quick: bool) -> list[str]:
         frob = max(g["frob_err"] for g in got)
         layer = max(g["layer_frob_err"] for g in got)
         traffic = all(g["traffic_ok"] for g in got)
-        ok = traffic and worst <= MAX_TOL and frob <= FROB_TOL and layer <= LAYER_TOL
+        order = all(g["order_ok"] for g in got)
+        ok = traffic and order and worst <= MAX_TOL and frob <= FROB_TOL and layer <= LAYER_TOL
         if tr.rank == 0:
             print(f"{tr.size:>2} ranks {variant:<18} {label:<26} error: per layer {layer:.1e}, stack frobenius "
                   f"{frob:.1e} max {worst:.1e}  traffic {'==' if traffic else '!='} moe.traffic  "
-                  f"{'ok' if ok else 'FAIL'}", flush=True)
+                  f"collective order {'same' if order else 'DIFFERS'}  {'ok' if ok else 'FAIL'}", flush=True)
         if not ok:
             failures.append(f"{variant} {label}: layer err {layer:.3e}, frobenius err {frob:.3e}, max err "
-                            f"{worst:.3e}, traffic ok {[g['traffic_ok'] for g in got]}")
+                            f"{worst:.3e}, traffic ok {[g['traffic_ok'] for g in got]}, same collective order "
+                            f"{[g['order_ok'] for g in got]}")
     return failures
 
 
