@@ -87,3 +87,17 @@ def test_two_gpus_hand_back_one_result(tmp_path, transport):
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     lanes = {e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
     assert "nccl" in lanes
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_ranks_started_by_mpiexec_meet_over_mpi(tmp_path):
+    """Under an MPI launcher (no MASTER_ADDR), rank 0 publishes the rendezvous over mpi4py (real/dist.py)."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec(2)))
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    proc = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "moe", "run", str(path), "--backend", "real",
+                           "--out", str(tmp_path / "out"), "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    check_launched(tmp_path, json.loads(proc.stdout), 2, "gloo all_to_all")
