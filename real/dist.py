@@ -24,6 +24,10 @@ _LAUNCHERS = (
     ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),  # MPICH / Hydra
     ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),  # srun
 )
+NCCL_TIMEOUT_FACTOR = 2.0
+"""NCCL's own timeout (on expiry its watchdog aborts the process) is this multiple of the job's timeout, so
+that the host's bounded waits, which name what they waited for, end a stuck job first; NCCL's timeout is
+the backstop for a kernel that never ends while no host wait is running."""
 NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 """NVLink multicast off: on shared hosts a program using it can take the GPUs out of service."""
 
@@ -64,7 +68,8 @@ def _rendezvous_over_mpi() -> None:
 
 def init(backend: str, timeout_s: float) -> Place:
     """Join the job's process group (NCCL on GPUs, gloo on CPUs), binding this rank to its local GPU.
-    `timeout_s` bounds every collective: a dead peer ends the job with an error, never a hang."""
+    `timeout_s` bounds every collective (NCCL's: `collective_timeout_s`): a dead peer ends the job with an
+    error, never a hang."""
     import torch
     import torch.distributed as dist
 
@@ -86,8 +91,13 @@ def init(backend: str, timeout_s: float) -> Place:
         torch.cuda.set_device(where.local_rank % torch.cuda.device_count())
         kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
     dist.init_process_group(backend, rank=where.rank, world_size=where.size,
-                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+                            timeout=datetime.timedelta(seconds=collective_timeout_s(backend, timeout_s)), **kwargs)
     return where
+
+
+def collective_timeout_s(backend: str, timeout_s: float) -> float:
+    """The timeout given to a process group of `backend` for a job whose waits are bounded by timeout_s."""
+    return timeout_s * NCCL_TIMEOUT_FACTOR if backend == "nccl" else timeout_s
 
 
 def finish() -> None:

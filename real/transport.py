@@ -41,7 +41,7 @@ import torch.distributed as dist
 
 from emu import dispatch as dp
 from emu.transport import CountsExchange, Pending, Transport, host_to, poll_until
-from moe.errors import RunFailure
+from real.dist import collective_timeout_s
 
 PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_META: "dispatch", dp.KIND_RESULT: "combine"}
 MODES = ("p2p", "all_to_all")
@@ -68,7 +68,7 @@ def process_groups(backend: str, timeout_s: float) -> Groups:
     global _GROUPS
     if _GROUPS is not None and _GROUPS.backend == backend:
         return _GROUPS
-    timeout = datetime.timedelta(seconds=timeout_s)
+    timeout = datetime.timedelta(seconds=collective_timeout_s(backend, timeout_s))
     options = None
     if backend == "nccl":
         try:
@@ -77,7 +77,8 @@ def process_groups(backend: str, timeout_s: float) -> Groups:
         except AttributeError:
             options = None
     made = [dist.new_group(backend=backend, timeout=timeout, pg_options=options) for _ in range(3)]
-    objects = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+    objects = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
+        if backend != "gloo" else dist.group.WORLD
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     for g in made:
         dist.all_reduce(torch.zeros(1, device=device), group=g)
@@ -396,7 +397,3 @@ class RealTransport(Transport):
     def now(self) -> float:
         return time.perf_counter()
 
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise RunFailure(f"real: unknown transport {mode!r}; known: {', '.join(MODES)}")
