@@ -118,3 +118,52 @@ def test_machine_name_counts_gpus_per_kind():
 
     recs = [SimpleNamespace(device=f"cuda:{i} (NVIDIA H100 80GB HBM3)", host="n1") for i in range(4)]
     assert machine_name(recs) == "4 x NVIDIA H100 80GB HBM3 on 1 host (n1)"
+
+
+class FakeEvent:
+    """torch.cuda.Event's timing interface on the host clock (the GPU's events behave so once complete)."""
+
+    def __init__(self, enable_timing: bool = False):
+        self.t = None
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def query(self) -> bool:
+        return self.t is not None
+
+    def elapsed_time(self, end) -> float:
+        return (end.t - self.t) * 1e3
+
+
+def test_cuda_clock_resolves_marks_and_spans_after_the_step(monkeypatch):
+    from types import SimpleNamespace
+
+    from real.timing import TRANSFER_LANE, CudaClock, Mark
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    clock = CudaClock(now=lambda: 0.0, rank=3, moe_from=1)
+    clock.start_step(7, record=True)
+    with clock.span("attention", 0, 0):
+        pass
+    stats = SimpleNamespace(layer_end_s=[clock.elapsed(), 0.0], end_s=None)
+    with clock.span("expert", 1, 1):
+        pass
+    a, b = FakeEvent(), FakeEvent()
+    a.record()
+    b.record()
+    clock.add_events("wait_dispatch", a, b, 1, 0)
+    clock.add_events("dispatch_transfer", a, b, 1, 0)
+    clock.add("wait_combine", 1.0, 1.5)  # a host-clock wait: kept apart from GPU time
+    stats.end_s = clock.elapsed()
+    assert isinstance(stats.end_s, Mark)
+    clock.resolve(stats, timeout_s=5.0, rank=3)
+    assert isinstance(stats.end_s, float) and stats.end_s >= stats.layer_end_s[0] >= 0.0
+    assert [s.name for s in clock.spans] == ["attention", "expert", "wait_dispatch", "dispatch_transfer"]
+    lanes = {s.name: s.lane for s in clock.spans}
+    assert lanes["wait_dispatch"] == "comm" and lanes["dispatch_transfer"] == TRANSFER_LANE
+    assert all(s.rank == 3 and s.args["step"] == 7 for s in clock.spans)
+    assert set(clock.moe_totals_s) == {"expert", "wait_dispatch"}  # MoE layers and waits only
+    assert "dispatch_transfer" in clock.totals_s and clock.host_s == {"wait_combine": 0.5}
