@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ranks:
         argv += ["--ranks", str(ranks)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", __file__, *argv]
-    env = {**os.environ, **rdist.NCCL_SAFE_ENV, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **rdist.NCCL_SAFE_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
 
 

@@ -59,6 +59,15 @@ class Groups:
 
 
 _GROUPS: Groups | None = None
+ABORT_GRACE_S = 5.0
+
+
+def _abort_nccl() -> None:
+    """Abort every NCCL communicator of this process (torch's private hook; absent in some versions)."""
+    try:
+        dist.distributed_c10d._abort_process_group()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
 
 
 def process_groups(backend: str, timeout_s: float) -> Groups:
@@ -389,9 +398,15 @@ class RealTransport(Transport):
 
     def abort(self, code: int) -> NoReturn:
         """End this process at once; the launcher (torchrun, mpirun, srun --kill-on-bad-exit) then ends
-        the other ranks. No process-group teardown: with a peer gone it could block."""
+        the other ranks. No orderly teardown: with a peer gone it could block. On NCCL the communicators
+        are aborted first (from a thread, given ABORT_GRACE_S), so that kernels waiting for a stuck peer
+        end and the process can exit."""
         sys.stderr.flush()
         sys.stdout.flush()
+        if self.cuda:
+            aborter = threading.Thread(target=_abort_nccl, daemon=True)
+            aborter.start()
+            aborter.join(ABORT_GRACE_S)
         os._exit(code)
 
     def now(self) -> float:

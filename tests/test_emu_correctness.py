@@ -185,7 +185,7 @@ def run_under_mpiexec(ranks: int, timeout_s: float, quick: bool = False) -> subp
     cmd = [str(mpiexec), "-n", str(ranks), sys.executable, __file__] + (["--quick"] if quick else [])
     return subprocess.run(cmd, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
 
 
 def test_one_rank_matches_reference():

@@ -28,6 +28,10 @@ from moe.spec.sizes import FP8_BLOCK, activation_bytes_per_token
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_E4M3_MAX = 448.0
+INV_FP8_E4M3_MAX = 1.0 / FP8_E4M3_MAX
+"""Scales are amax times this float32 constant, not amax / 448: torch's CUDA kernels turn division by a
+scalar into this product, the CPU divides, and the two differ in the last bit. The product is the same on
+every device, so a weight built on a CPU and on a GPU has the same scales."""
 """Largest finite float8 e4m3 value (OCP OFP8 specification v1.0, E4M3 table)."""
 AMAX_FLOOR = 1e-12
 """Lower bound on a block's amax so an all-zero block gets a finite scale (its values quantize to 0)."""
@@ -59,7 +63,7 @@ def quantize_weight(w_NK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = _pad_to_block(w_NK.float(), (len(lead), len(lead) + 1))
     blocks = w.reshape(*lead, nb, FP8_BLOCK, kb, FP8_BLOCK)
     amax = blocks.abs().amax(dim=(-3, -1))
-    scale = amax.clamp(min=AMAX_FLOOR) / FP8_E4M3_MAX
+    scale = amax.clamp(min=AMAX_FLOOR) * INV_FP8_E4M3_MAX
     q = (blocks / scale[..., :, None, :, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_DTYPE)
     q = q.reshape(*lead, nb * FP8_BLOCK, kb * FP8_BLOCK)[..., :n, :k]
     return q.contiguous(), scale.contiguous()
@@ -116,7 +120,7 @@ def quantize_act(x_TD: torch.Tensor) -> Fp8Act:
     g = _ceil_div(d, FP8_BLOCK)
     x = _pad_to_block(x_TD, (1,)).view(t, g, FP8_BLOCK)
     amax_TG = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, dtype=torch.float32)
-    scale_TG = amax_TG.clamp(min=AMAX_FLOOR) / FP8_E4M3_MAX
+    scale_TG = amax_TG.clamp(min=AMAX_FLOOR) * INV_FP8_E4M3_MAX
     q = (x / scale_TG[..., None]).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_DTYPE)  # x / scale in float32
     return Fp8Act(q.view(t, g * FP8_BLOCK)[:, :d].contiguous(), scale_TG)
 
