@@ -40,6 +40,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+"""Children import this checkout first, then whatever the parent could import."""
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import expert_gemm  # noqa: E402
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ranks:
         argv += ["--ranks", str(ranks)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", __file__, *argv]
-    env = {**os.environ, **rdist.NCCL_SAFE_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, **rdist.NCCL_SAFE_ENV, "PYTHONPATH": CHILD_PYTHONPATH}
     return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
 
 

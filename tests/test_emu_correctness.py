@@ -30,6 +30,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+"""Children import this checkout first, then whatever the parent could import."""
 LAYER_TOL = 1e-2
 FROB_TOL = 0.1
 MAX_TOL = 2.0 ** -3
@@ -185,7 +187,7 @@ def run_under_mpiexec(ranks: int, timeout_s: float, quick: bool = False) -> subp
     cmd = [str(mpiexec), "-n", str(ranks), sys.executable, __file__] + (["--quick"] if quick else [])
     return subprocess.run(cmd, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+                          env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
 
 
 def test_one_rank_matches_reference():

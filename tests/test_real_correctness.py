@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+"""Children import this checkout first, then whatever the parent could import."""
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_emu_correctness import BASE, FROB_TOL, LAYER_TOL, MAX_TOL, cases  # noqa: E402
@@ -48,7 +50,7 @@ def launch_local(ranks: int, argv: list[str], timeout_s: float) -> tuple[list[in
     for r in range(ranks):
         env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(r),
                "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
+               "PYTHONPATH": CHILD_PYTHONPATH, "OMP_NUM_THREADS": "1"}
         procs.append(subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     deadline = time.monotonic() + timeout_s
@@ -250,7 +252,7 @@ def test_nccl_ranks_match_reference(ranks):
     variants = "p2p/stream,all_to_all/stream"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
                            __file__, "--backend", "nccl", "--variants", variants], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count(" ok") == 2 * len(cases(ranks)), proc.stdout + proc.stderr
 
