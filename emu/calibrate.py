@@ -16,7 +16,7 @@ median of repeats; across ranks the median is kept.
   timed with this module's `runtime_ops` (the emu.dispatch calls the runtime makes). Each point is
   measured twice: with every rank measuring at once (per_node = ranks, threads = cores / ranks, as an
   emulator run of that many ranks) and with rank 0 alone (per_node = 1, every core), the other ranks
-  sleeping; the median over the measuring ranks is kept;
+  sleeping; in OP_PASSES passes over the grid, the slowest rank of a pass, the median over passes;
 - hbm_GBps: bytes read + written by a large tensor copy; launch_overhead_us: one minimal torch op;
 - p2p_curve, nvlink_GBps: OSU bandwidth from rank 0 to rank 1 (a window of Isends, Irecvs posted ahead,
   Waitall, a one-byte acknowledgement), at the largest size for nvlink_GBps; nvlink_latency_us: half
@@ -203,12 +203,14 @@ OP_MODELS = {
                                 "rope_dim": 32}},
 }
 """Models whose operations calibration times: `tiny` and a mid-size CPU model (8x tiny's expert FLOPs)."""
-TOKENS_FULL = (1, 4, 16, 64, 128, 256, 512, 1024, 2048)
+TOKENS_FULL = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 CONTEXTS_FULL = (64, 128, 256, 512, 1024, 2048, 4096)
-DECODE_FULL = ((1, 4, 16, 64, 256), (256, 1024, 4096))
+DECODE_FULL = ((1, 2, 4, 8, 16, 32, 64, 128, 256), (256, 1024, 4096))
 TOKENS_QUICK, CONTEXTS_QUICK, DECODE_QUICK = (16, 64, 256), (64, 256), ((16, 64), (256,))
 MAX_CACHED = 1 << 20
 """Cached tokens (batch x context) of one layer in a decode attention point (200 MB for tiny)."""
+OP_PASSES = 3
+"""Passes over the op grid; each point keeps the median of its passes."""
 MAX_SETUP = 1 << 17
 """Cached tokens of a timed KV setup (filling synthetic caches costs ~5 us per token on this CPU)."""
 
@@ -243,6 +245,11 @@ def host_timer(fn: Callable[[], object], min_samples: int = 3, max_samples: int 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def op_timer(fn: Callable[[], object]) -> float:
+    """One pass's time of an operation: the median of 2 to 5 samples within 0.2 s, after a warm-up."""
+    return host_timer(fn, min_samples=2, max_samples=5, budget_s=0.2)
 
 
 def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True):
@@ -309,29 +316,34 @@ def sleep_barrier(comm, poll_s: float = 1e-3) -> None:
 
 
 def op_table_points(comm, quick: bool) -> list[dict] | None:
-    """Every rank: the op table of OP_MODELS at per_node = ranks (all measure) and 1 (rank 0 alone);
-    rank 0 returns the points (median over the ranks that measured), the others None."""
+    """Every rank: the op table of OP_MODELS at per_node = ranks (all measure) and 1 (rank 0 alone), in
+    OP_PASSES passes over the whole grid (a shared host's bursts of load then hit one pass of a point, not
+    all its samples). A pass keeps each point's slowest rank (the ranks of a run wait for each other at
+    every layer); rank 0 returns the median over passes, the others None."""
     from moe.model.optable import measure
 
     cores = os.cpu_count() or 1
     device, wire = torch.device("cpu"), ("fp8", "bf16")
     grid, ops = op_grid(quick), runtime_ops(torch.device("cpu"), wire)
-    out: list[dict] = []
-    for share in sorted({comm.size, 1}, reverse=True):
-        torch.set_num_threads(max(1, cores // share))
-        sleep_barrier(comm)
-        mine = []
-        if comm.rank < share:
-            for name in OP_MODELS:
-                mine += measure(op_model(name), host_timer, grid, device=device, ops=ops, ranks=comm.size, wire=wire)
-        sleep_barrier(comm)
-        runs = comm.gather(mine, 0)
-        if comm.rank == 0:
-            runs = [r for r in runs if r]
-            out += [{**p, "s": statistics.median(r[i]["s"] for r in runs), "per_node": share}
-                    for i, p in enumerate(runs[0])]
+    passes: dict[int, list[list[dict]]] = {}
+    for _ in range(1 if quick else OP_PASSES):
+        for share in sorted({comm.size, 1}, reverse=True):
+            torch.set_num_threads(max(1, cores // share))
+            sleep_barrier(comm)
+            mine = []
+            if comm.rank < share:
+                for name in OP_MODELS:
+                    mine += measure(op_model(name), op_timer, grid, device=device, ops=ops, ranks=comm.size, wire=wire)
+            sleep_barrier(comm)
+            got = [r for r in (comm.gather(mine, 0) or []) if r]
+            if comm.rank == 0:  # ranks meet at every layer: a pass's time of a point is its slowest rank's
+                passes.setdefault(share, []).append([{**p, "s": max(r[i]["s"] for r in got)}
+                                                     for i, p in enumerate(got[0])])
     set_threads(ranks_on_host(comm.size))
-    return out if comm.rank == 0 else None
+    if comm.rank != 0:
+        return None
+    return [{**p, "s": statistics.median(r[i]["s"] for r in rs), "per_node": share}
+            for share, rs in sorted(passes.items(), reverse=True) for i, p in enumerate(rs[0])]
 
 
 def host_memory_GB() -> float:

@@ -12,6 +12,12 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   `batch_isend_irecv` ring (bytes per direction per GPU) over message sizes -> `alltoall_curve`,
   `p2p_curve`; the largest-size all-to-all bus bandwidth -> `nvlink_GBps`; half a small-message ping-pong
   between ranks 0 and 1 -> `nvlink_latency_us`.
+- the runtime's own operations (moe.model.optable with the emulator runtime's calls, emu.calibrate
+  `runtime_ops`, received rows on the device as NCCL leaves them) of every model in MODELS, over the
+  token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
+  every rank's tokens at once), by CUDA events -> `op_table` (per_node 0: a GPU per rank; median over
+  ranks). Its `model` keys are per-operation signatures, so `paper` or `deepseek-v3` with fewer
+  experts or layers (E = G, E > G) reuses the attention, expert, shared, dense and dispatch entries.
 Peak rates (`fp8_TFLOPS`, `bf16_TFLOPS`) are the best measured GEMM rates, the roofline ceiling the
 simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on a single node.
 """
@@ -80,6 +86,45 @@ def measure_gemms(rows: tuple[int, ...], repeats: int) -> list[dict]:
             out.append({"m": m, "k": k, "n": n, "dtype": "fp8", "TFLOPS": round(2 * m * k * n / t / 1e12, 1)})
         del w
     torch.cuda.empty_cache()
+    return out
+
+
+OP_TOKENS_FULL = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+OP_ROWS_FULL = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+OP_CONTEXTS_FULL = (256, 512, 1024, 2048, 4096, 8192)
+OP_DECODE_FULL = ((1, 4, 16, 64, 256, 1024, 4096), (512, 2048, 8192))
+OP_QUICK = ((128, 1024), (128, 1024), (1024,), ((16,), (2048,)))
+MAX_CACHED = 1 << 22
+"""Cached tokens (batch x context) of one layer in a decode point: 4.8 GB of MLA latent in BF16."""
+
+
+def op_grid(quick: bool):
+    from moe.model.optable import Grid, decode_pairs
+
+    tokens, rows, contexts, (batches, keys) = OP_QUICK if quick else \
+        (OP_TOKENS_FULL, OP_ROWS_FULL, OP_CONTEXTS_FULL, OP_DECODE_FULL)
+    prefill = tuple((t, s) for s in contexts for t in (s // 4, s // 2, s, 2 * s, 4 * s) if t <= max(tokens))
+    return Grid(tokens=tokens, rows=rows, prefill=prefill, decode=decode_pairs(batches, keys, MAX_CACHED),
+                max_setup=MAX_CACHED)
+
+
+def measure_ops(quick: bool, repeats: int) -> list[dict]:
+    """Op-table points of MODELS on this rank's GPU (moe.model.optable, CUDA-event timer)."""
+    import torch
+    import torch.distributed as dist
+
+    from emu.calibrate import runtime_ops
+    from moe.model.optable import measure
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    wire = ("fp8", "bf16")
+    ops = runtime_ops(dev, wire, host_wire=False)
+    out = []
+    for name in MODELS:
+        m = Model.model_validate({**load_preset("model", name), "preset": name})
+        out += measure(m, lambda fn: cuda_time_s(fn, warmup=2, repeats=repeats), op_grid(quick), device=dev,
+                       ops=ops, ranks=dist.get_world_size(), wire=wire)
+        torch.cuda.empty_cache()
     return out
 
 
@@ -197,6 +242,9 @@ def calibrate_ranks(*, quick: bool) -> dict | None:
     gemms = measure_gemms(rows, reps)
     tables = [None] * dist.get_world_size()
     dist.all_gather_object(tables, gemms)
+    ops = measure_ops(quick, reps)
+    op_runs = [None] * dist.get_world_size()
+    dist.all_gather_object(op_runs, ops)
     multi = dist.get_world_size() > 1
     a2a = measure_alltoall(sizes, reps) if multi else []
     p2p = measure_ring_p2p(sizes, reps) if multi else []
@@ -229,4 +277,5 @@ def calibrate_ranks(*, quick: bool) -> dict | None:
         "comm_copy_GBps": 0.0,  # NCCL's copies are inside the measured link bandwidth
         "alltoall_curve": a2a,
         "p2p_curve": p2p,
+        "op_table": [{**p, "s": statistics.median(r[i]["s"] for r in op_runs)} for i, p in enumerate(op_runs[0])],
     }

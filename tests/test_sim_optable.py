@@ -1,0 +1,133 @@
+"""The simulator's measured-operation lookup (sim.optable) and its use in costs, network and the step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe.model.shapes import OPS, op_signature
+from moe.spec.loader import build_scenario
+from moe.spec.schema import CurvePoint, OpPoint
+from moe.topology import build_topology
+from sim import costs
+from sim.backend import build_plan, placement_for, resolve_runtime, route_steps, run
+from sim.network import curve_GBps, phase_input, solve_phase
+from sim.optable import op_time_s
+
+
+def cluster(points=(), **over):
+    s = build_scenario({"model": {"preset": "tiny"}, "cluster": {"preset": "cpu-host", "nodes": 1, "gpus_per_node": 2},
+                        "placement": {"strategy": "contiguous"}})
+    return s.cluster.model_copy(update={"op_table": tuple(OpPoint(**p) for p in points), **over})
+
+
+def pts(op, model, table, context=0, per_node=0):
+    return [{"op": op, "model": model, "tokens": t, "context": context, "s": s, "per_node": per_node}
+            for t, s in table]
+
+
+def test_tokens_interpolate_inside_hold_below_and_scale_per_token_above():
+    c = cluster(pts("gate", "sig", [(16, 1e-3), (64, 2e-3)]))
+    assert op_time_s(c, "gate", "sig", 40) == pytest.approx(1.5e-3)
+    assert op_time_s(c, "gate", "sig", 4) == pytest.approx(1e-3)  # fixed costs dominate below the grid
+    assert op_time_s(c, "gate", "sig", 128) == pytest.approx(4e-3)  # the last point's time per token
+    assert list(op_time_s(c, "gate", "sig", np.array([0.0, 16.0]))) == pytest.approx([0.0, 1e-3])
+    assert op_time_s(c, "gate", "other-model", 40) is None
+    assert op_time_s(c, "dense", "sig", 40) is None
+
+
+def test_contexts_interpolate_and_extrapolate_linearly_with_a_floor():
+    c = cluster(pts("attention.prefill", "a", [(512, 10e-3)], 256)
+                + pts("attention.prefill", "a", [(512, 40e-3)], 1024))
+    at = lambda ctx: op_time_s(c, "attention.prefill", "a", 512, ctx)  # noqa: E731
+    assert at(512) == pytest.approx(20e-3)
+    assert at(2048) == pytest.approx(40e-3 + 30e-3 / 768 * 1024)
+    assert at(128) == pytest.approx(max(10e-3 - 30e-3 / 768 * 128, 10e-3 * 128 / 256))
+
+
+def test_points_of_the_scenarios_ranks_per_node_win():
+    table = pts("gate", "g", [(16, 1e-3)], per_node=1) + pts("gate", "g", [(16, 2e-3)], per_node=2)
+    assert op_time_s(cluster(table, gpus_per_node=2), "gate", "g", 16) == pytest.approx(2e-3)
+    assert op_time_s(cluster(table, gpus_per_node=1), "gate", "g", 16) == pytest.approx(1e-3)
+    assert op_time_s(cluster(table, gpus_per_node=4), "gate", "g", 16) == pytest.approx(2e-3)  # nearest
+    gpu = table + pts("gate", "g", [(16, 5e-3)], per_node=0)
+    assert op_time_s(cluster(gpu, gpus_per_node=8), "gate", "g", 16) == pytest.approx(5e-3)
+
+
+def tiny_scenario(table=(), **sections):
+    spec = {"model": {"preset": "tiny"},
+            "cluster": {"preset": "cpu-host", "nodes": 1, "gpus_per_node": 1, "launch_overhead_us": 0.0,
+                        "op_table": list(table)},
+            "placement": {"strategy": "contiguous"},
+            "workload": {"tokens_per_gpu": 64, "context_len": 64},
+            "schedule": {"micro_batches": 1, "comm": "direct"}, "sim": {"link_timeline": False}}
+    for k, v in sections.items():
+        spec[k] = {**spec.get(k, {}), **v}
+    return build_scenario(spec)
+
+
+def full_table(model, per_node=1, scale=1.0):
+    """Every operation of `model` at 1 and 1000 tokens, time proportional to tokens (rows), 1e-5 s each."""
+    out = []
+    for op in OPS:
+        ctx = 64 if op.startswith("attention") or op == "kv_setup.decode" else 0
+        out += pts(op, op_signature(model, op), [(1, 1e-5 * scale), (1000, 1e-2 * scale)], ctx, per_node)
+    return out
+
+
+def test_costs_take_the_table_for_the_scenarios_model_and_physics_for_another():
+    s = tiny_scenario()
+    s = tiny_scenario(full_table(s.model))
+    mb = costs.micro_batches(s)[0]
+    assert costs.attention_s(s, mb) == pytest.approx(64e-5)
+    assert costs.gate_s(s, 64) == pytest.approx(64e-5) and costs.pack_s(s, 64) == pytest.approx(64e-5)
+    assert float(costs.expert_s(s, [10.0, 0.0, 30.0])) == pytest.approx(40e-5)  # one call per slot with rows
+    wide = tiny_scenario(full_table(s.model), model={"hidden": 512})  # other dims: no entry applies
+    assert costs.attention_s(wide, mb) != pytest.approx(64e-5)
+    assert costs.attention_s(wide, mb) == pytest.approx(costs.attention_physics_s(wide, mb))
+
+
+def test_one_gpu_step_is_the_sum_of_the_measured_operations():
+    """One rank, one micro-batch, no launch cost: setup + dense layer + MoE layers, each op as measured."""
+    base = tiny_scenario()
+    s = tiny_scenario(full_table(base.model))
+    assert resolve_runtime(s) == "messages"  # measured on CPU ranks: the emulator's schedule
+    m, t, u = s.model, 64, 1e-5
+    requests = t * m.top_k  # every (token, expert) pair is computed here, one call per slot: linear
+    setup = m.layers * t * u
+    dense = 2 * t * u  # attention, dense FFN
+    moe = 5 * t * u + requests * u  # attention, gate, pack, shared, combine sum; the experts
+    r = run(s).result
+    assert r.step_time_s == pytest.approx(setup + m.dense_layers * dense + m.moe_layers * moe)
+
+
+def test_chunked_prefill_micro_batches_cost_what_their_keys_cost():
+    base = tiny_scenario()
+    table = pts("attention.prefill", op_signature(base.model, "attention.prefill"), [(16, 1e-3), (64, 4e-3)], 64)
+    table += pts("attention.prefill", op_signature(base.model, "attention.prefill"), [(16, 2e-3), (64, 8e-3)], 128)
+    s = tiny_scenario(table, workload={"tokens_per_gpu": 64, "context_len": 64}, schedule={"micro_batches": 2})
+    topo = build_topology(s.cluster)
+    plan = build_plan(s, topo, route_steps(s, topo, placement_for(s))[0])
+    # two chunks of 32 tokens of one 64-token sequence: the second attends to 64 keys, the first to 32
+    assert plan.after == (None, 0)
+    assert plan.costs[1].attention_s == pytest.approx(2e-3)
+    assert plan.costs[0].attention_s == pytest.approx(max(2e-3 - 2e-3 / 64 * 32, 2e-3 * 32 / 64))
+
+
+def test_flows_inside_a_node_move_at_the_measured_rate_of_their_size():
+    curve = (CurvePoint(bytes=1024, GBps=0.1), CurvePoint(bytes=1 << 20, GBps=2.0))
+    assert float(curve_GBps(curve, 512)) == pytest.approx(0.05)  # below: latency-bound, time held
+    assert float(curve_GBps(curve, 1 << 25)) == pytest.approx(2.0)
+    assert float(curve_GBps(curve, 32 * 1024)) == pytest.approx(0.1 + 1.9 * 0.5)
+    s = tiny_scenario(cluster={"gpus_per_node": 2, "p2p_curve": [c.model_dump() for c in curve], "nvlink_GBps": 2.0,
+                               "nvlink_latency_us": 0.0, "message_overhead_us": 0.0})
+    topo = build_topology(s.cluster)
+    t = route_steps(s, topo, placement_for(s))[0][0]
+    bpt = 264
+    peak = solve_phase(phase_input(t.dispatch, t, topo, s.cluster, "dispatch", bpt), s.cluster, "flow", 2)
+    measured = solve_phase(phase_input(t.dispatch, t, topo, s.cluster, "dispatch", bpt, curve="p2p"), s.cluster,
+                           "flow", 2)
+    sent = t.dispatch.bytes_F.astype(float)
+    expect = (sent / (curve_GBps(curve, sent) * 1e9)).max()
+    assert peak.duration_s == pytest.approx(sent.max() / 2e9)
+    assert measured.duration_s == pytest.approx(expect)
