@@ -207,12 +207,11 @@ TOKENS_FULL = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 CONTEXTS_FULL = (64, 128, 256, 512, 1024, 2048, 4096)
 DECODE_FULL = ((1, 2, 4, 8, 16, 32, 64, 128, 256), (256, 1024, 4096))
 TOKENS_QUICK, CONTEXTS_QUICK, DECODE_QUICK = (16, 64, 256), (64, 256), ((16, 64), (256,))
-MAX_CACHED = 1 << 20
-"""Cached tokens (batch x context) of one layer in a decode attention point (200 MB for tiny)."""
+MAX_CACHED, MAX_SETUP = 1 << 20, 1 << 17
+"""Cached tokens (batch x context) per layer of a decode attention point (200 MB for tiny) and of a timed
+KV setup (filling synthetic caches costs ~3 us per token here)."""
 OP_PASSES = 3
 """Passes over the op grid; each point keeps the median of its passes."""
-MAX_SETUP = 1 << 17
-"""Cached tokens of a timed KV setup (filling synthetic caches costs ~5 us per token on this CPU)."""
 
 
 def op_model(name: str) -> Model:
@@ -234,22 +233,9 @@ def op_grid(quick: bool):
                 max_setup=MAX_SETUP)
 
 
-def host_timer(fn: Callable[[], object], min_samples: int = 3, max_samples: int = 9, budget_s: float = 0.5) -> float:
-    """Median host seconds of fn() after one warm-up call: at least `min_samples`, more (up to
-    `max_samples`) while under `budget_s`."""
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_samples and (len(times) < min_samples or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def op_timer(fn: Callable[[], object]) -> float:
-    """One pass's time of an operation: the median of 2 to 5 samples within 0.2 s, after a warm-up."""
-    return host_timer(fn, min_samples=2, max_samples=5, budget_s=0.2)
+    """One pass's time of an operation: the median of 3 calls after a warm-up call."""
+    return median_time_s(fn, 1, 3)
 
 
 def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True):
@@ -297,12 +283,12 @@ def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = T
 
         return call
 
-    def kv_setup(block, model, tokens, context, phase):
+    def kv_setup(block, model, tokens, context, phase, layers):
         s = Scenario(model=model, workload=Workload(phase=phase, tokens_per_gpu=tokens, context_len=context or tokens),
                      schedule=Schedule(micro_batches=min(2, tokens)))
         lay = layout(s)
-        one = SimpleNamespace(new_caches=lambda b, cap: [block.new_cache(b, cap)])
-        return lambda: new_caches(one, lay, 0)
+        stack = SimpleNamespace(new_caches=lambda b, cap: [block.new_cache(b, cap) for _ in range(layers)])
+        return lambda: new_caches(stack, lay, 0)
 
     return RuntimeOps(dispatch=dispatch, shard=shard, combine=combine, kv_setup=kv_setup)
 
@@ -389,3 +375,26 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
         "launch_overhead_us": statistics.median(t[2] for t in tables), "message_overhead_us": overhead,
         "alltoall_curve": a2a, "p2p_curve": p2p, "op_table": ops,
     }
+
+
+def preset_text(profile: dict, header: str) -> str:
+    """A calibrated profile as a preset file: `header` as comments, one line per table point, values to
+    4 significant digits (what the machine's run-to-run spread supports)."""
+    import yaml
+
+    def line(x) -> str:
+        x = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in x.items()}
+        return yaml.safe_dump(x, default_flow_style=True, width=1 << 16, sort_keys=False).strip()[1:-1]
+
+    out = [f"# {h}" for h in header.splitlines()]
+    for k, v in profile.items():
+        out += [f"{k}:"] + [f"  - {{{line(row)}}}" for row in v] if isinstance(v, list) and v else [line({k: v})]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # PROFILE.yaml PRESET.yaml "header": a calibrated profile -> a preset file
+    import sys
+
+    import yaml
+
+    Path(sys.argv[2]).write_text(preset_text(yaml.safe_load(Path(sys.argv[1]).read_text()), sys.argv[3]))

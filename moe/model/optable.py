@@ -12,12 +12,13 @@ Each operation (moe.model.shapes.OPS) is timed the way a runtime calls it, at a 
   gate               the runtime's gate span: ffn_input (RMSNorm), scores and the weights of given ids
   dispatch           grouping a micro-batch of T tokens by destination rank and packing its wire rows
   expert             one local expert's share of a received shard: R rows for that expert, unpacked,
-                     computed, weighted and packed for the combine
+                     computed, weighted and packed for the combine; the shard holds R rows for each
+                     of `cycle_experts` experts, so that weights come from memory as in a run
   shared             Block.shared_forward on T tokens
   dense              the runtime's dense span: ffn_input, dense_forward and the residual add
   combine            summing a micro-batch's returned rows into its T tokens, plus residual and shared
-  kv_setup.prefill   building one layer's KV cache for a step of T prompt tokens (context 0)
-  kv_setup.decode    the same for T sequences of S cached tokens
+  kv_setup.prefill   building the KV caches of a step of T prompt tokens (context 0), per layer
+  kv_setup.decode    the same for T sequences of S cached tokens (KV_LAYERS layers built together)
 dispatch, expert, combine and kv_setup are the runtime's protocol code, which moe never imports: the
 runtime passes them in as `RuntimeOps` (emu.calibrate builds them from emu.dispatch); without them the
 expert op times Block.expert_forward on FP8 rows and the others are skipped. The routing of dispatch and
@@ -38,7 +39,14 @@ import torch
 from moe.model.model import build_layer, hidden_states
 from moe.model.shapes import op_signature
 from moe.spec.schema import Model
+from moe.spec.sizes import expert_weight_bytes
 
+CYCLE_BYTES = 64 << 20
+"""FP8 weight bytes the expert op cycles through (above any CPU's last-level cache; one GPU expert of the
+large models is already above its L2)."""
+KV_LAYERS = 4
+"""Layers whose caches a timed KV setup builds at once (a step builds all of them: the caches of several
+layers are live together, as in a run, and the point is their time per layer)."""
 Timer = Callable[[Callable[[], object]], float]
 """Median seconds of fn() after warm-up (the caller's clock and synchronization)."""
 Call = Callable[[], object]
@@ -51,7 +59,7 @@ class RuntimeOps:
     dispatch(z_TD, slot_TK, w_TK, slots_per_rank, ranks)
     shard(block, expert_of_slot, x_RD, slot_RK, w_RK)            every row has one choice on slot 0
     combine(x_TD, shared_TD | None, slot_TK, w_TK, slots_per_rank, ranks)
-    kv_setup(block, model, tokens, context, phase)               one layer's caches of a step
+    kv_setup(block, model, tokens, context, phase, layers)       `layers` layers' caches of a step
     """
 
     dispatch: Callable[..., Call] | None = None
@@ -148,33 +156,42 @@ def token_calls(dense, moe, model: Model, grid: Grid, ops: RuntimeOps, ranks: in
         yield "dense", t, 0, dense_span
 
 
+def cycle_experts(model: Model) -> int:
+    """Experts the expert op cycles through: enough distinct weights (CYCLE_BYTES) that each call reads its
+    expert's weights from memory, as a shard that loops over a rank's experts does, at most E."""
+    return max(1, min(model.experts, -(-CYCLE_BYTES // expert_weight_bytes(model))))
+
+
 def expert_calls(moe, model: Model, grid: Grid, ops: RuntimeOps, device,
-                 seed: int) -> Iterator[tuple[str, int, int, Call]]:
-    """(op, R, 0, call): a shard whose R rows all chose the one local expert."""
+                 seed: int) -> Iterator[tuple[str, int, int, Call, int]]:
+    """(op, R, 0, call, n): a shard of n x R rows, R for each of the block's n experts (the call's time
+    / n is one expert's share)."""
     from moe.model.fp8 import quantize_act
 
     gen = torch.Generator().manual_seed(seed + 1)
+    n = len(moe.experts.ids)
     for r in grid.rows:
-        x_RD = hidden_states(model, r, seed, 1, device=device)
+        x_RD = hidden_states(model, n * r, seed, 1, device=device)
         if ops.shard is not None:
-            slot_RK = np.full((r, model.top_k), -1, dtype=np.int64)
-            slot_RK[:, 0] = 0
-            w_RK = torch.rand(r, model.top_k, generator=gen).to(device)
-            yield "expert", r, 0, ops.shard(moe, [0], x_RD, slot_RK, w_RK)
+            slot_RK = np.full((n * r, model.top_k), -1, dtype=np.int64)
+            slot_RK[:, 0] = np.repeat(np.arange(n), r)
+            w_RK = torch.rand(n * r, model.top_k, generator=gen).to(device)
+            yield "expert", r, 0, ops.shard(moe, list(range(n)), x_RD, slot_RK, w_RK), n
         else:
-            xq = quantize_act(x_RD)
-            yield "expert", r, 0, lambda xq=xq: moe.expert_forward(0, xq)
+            parts = [quantize_act(x_RD[e * r:(e + 1) * r]) for e in range(n)]
+            yield "expert", r, 0, lambda parts=parts: [moe.expert_forward(e, x) for e, x in enumerate(parts)], n
 
 
 def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | str = "cpu",
             ops: RuntimeOps = RuntimeOps(), ranks: int = 1, wire: tuple[str, str] = ("fp8", "bf16"),
             seed: int = 0, only: tuple[str, ...] | None = None) -> list[dict]:
     """Op-table points of `model` on `device` (module docstring); `only` limits the operations by name
-    prefix (e.g. ("attention",)). Weights are built for one dense and one MoE layer holding expert 0."""
+    prefix (e.g. ("attention",)). Weights are built for one dense and one MoE layer holding the experts
+    the expert op cycles through."""
     device = torch.device(device)
     two = model.model_copy(update={"layers": 2, "dense_layers": 1})
     dense = build_layer(two, seed, 0, device=device)
-    moe = build_layer(two, seed, 1, experts=[0], device=device)
+    moe = build_layer(two, seed, 1, experts=list(range(cycle_experts(model))), device=device)
     want = (lambda op: True) if only is None else (lambda op: op.startswith(only))
     points = []
     with torch.inference_mode():
@@ -182,14 +199,16 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
                  token_calls(dense, moe, model, grid, ops, ranks, wire, device, seed),
                  expert_calls(moe, model, grid, ops, device, seed)]
         for gen in calls:
-            for op, t, s, call in gen:
+            for op, t, s, call, *share in gen:  # share: the call does this many units of the op
                 if want(op):
-                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call)))
+                    seconds = timer(call) / (share[0] if share else 1)
+                    points.append(_point(op, op_signature(model, op, wire), t, s, seconds))
         if ops.kv_setup is not None:
             setups = [("kv_setup.prefill", t, 0) for t in grid.tokens]
             setups += [("kv_setup.decode", b, s) for b, s in grid.decode if b * s <= grid.max_setup]
+            n = min(model.layers, KV_LAYERS)
             for op, t, s in setups:
                 if want(op):
-                    call = ops.kv_setup(dense, model, t, s, op.split(".")[1])
-                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call)))
+                    call = ops.kv_setup(dense, model, t, s, op.split(".")[1], n)
+                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call) / n))
     return points
