@@ -47,6 +47,8 @@ large models is already above its L2)."""
 KV_LAYERS = 4
 """Layers whose caches a timed KV setup builds at once (a step builds all of them: the caches of several
 layers are live together, as in a run, and the point is their time per layer)."""
+CYCLE_ROWS = 4096
+"""At most this many rows in a cycled expert call (beyond it the rows, not the weights, take the time)."""
 Timer = Callable[[Callable[[], object]], float]
 """Median seconds of fn() after warm-up (the caller's clock and synchronization)."""
 Call = Callable[[], object]
@@ -169,8 +171,8 @@ def expert_calls(moe, model: Model, grid: Grid, ops: RuntimeOps, device,
     from moe.model.fp8 import quantize_act
 
     gen = torch.Generator().manual_seed(seed + 1)
-    n = len(moe.experts.ids)
     for r in grid.rows:
+        n = max(1, min(len(moe.experts.ids), CYCLE_ROWS // r))  # large shards: the rows' work dominates
         x_RD = hidden_states(model, n * r, seed, 1, device=device)
         if ops.shard is not None:
             slot_RK = np.full((n * r, model.top_k), -1, dtype=np.int64)
