@@ -21,6 +21,7 @@ import yaml
 
 from moe.errors import BackendUnavailable, RunFailure
 from moe.spec import scenario_dict
+from moe.spec.loader import self_contained
 from moe.spec.schema import Scenario
 
 HANDOFF_ENV = "MOETB_EMU_HANDOFF"
@@ -74,14 +75,9 @@ def mpiexec_command(ranks: int, argv: list[str]) -> list[str]:
 
 
 def spec_for_child(scenario: Scenario) -> dict:
-    """The resolved scenario as a self-contained mapping: every key explicit, so preset files named by a
-    relative path are not needed (their names are replaced by a built-in preset; the values win)."""
-    data = scenario_dict(scenario)
-    if str(data["model"]["preset"]).endswith((".yaml", ".yml")):
-        data["model"]["preset"] = "tiny"
-    if str(data["cluster"]["preset"]).endswith((".yaml", ".yml")):
-        data["cluster"]["preset"] = "cpu-host"
-    return data
+    """The resolved scenario as a self-contained mapping (moe.spec.loader.self_contained): every key
+    explicit, so preset files named by a relative path are not needed by the child."""
+    return self_contained(scenario_dict(scenario))
 
 
 def child_env() -> dict:

@@ -186,9 +186,25 @@ def scenario_dict(scenario: Scenario) -> dict:
     return scenario.model_dump(mode="json")
 
 
+def self_contained(data: dict) -> dict:
+    """A resolved scenario mapping (every key explicit, as `scenario_dict` and `Result.spec` hold it) that
+    loads on any machine: a preset named by a file path (a calibrated profile) is replaced by a built-in
+    preset of its kind. Every key is given, so the values win and nothing changes but the name, which
+    `spec_hash` ignores."""
+    out = copy.deepcopy(data)
+    for kind in PRESET_KINDS:
+        section = out.get(kind)
+        if isinstance(section, dict) and str(section.get("preset", "")).endswith((".yaml", ".yml")):
+            section["preset"] = DEFAULT_PRESET[kind]
+    return out
+
+
 def spec_hash(scenario: Scenario) -> str:
-    """Stable identity of what a scenario computes: independent of key order and of `name`."""
+    """Stable identity of what a scenario computes: independent of key order, of `name`, and of the preset
+    names (every value the presets supplied is part of the scenario itself)."""
     data = scenario_dict(scenario)
     data.pop("name", None)
+    for kind in PRESET_KINDS:
+        data[kind].pop("preset", None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

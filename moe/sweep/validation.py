@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from moe.errors import SpecError
 from moe.result import Result
 from moe.result.summary import PHASES, relative_error
+from moe.spec.loader import self_contained
 from moe.sweep.points import Point, make_point
 from moe.sweep.spec import Sweep
 
@@ -72,7 +73,7 @@ def validation_points(sweep: Sweep) -> list[Point]:
         if r.backend == sweep.backend:
             continue
         cols = measured_columns(sweep.measured, path, r)
-        base = dataclasses.replace(sweep, base_raw=dict(r.spec), base_dir=path.parent)
+        base = dataclasses.replace(sweep, base_raw=self_contained(r.spec), base_dir=path.parent)
         try:
             point = make_point(base, len(points), {}, cols)
             unchanged = point.spec_hash == r.spec_hash
