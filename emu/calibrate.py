@@ -16,7 +16,7 @@ median of repeats; across ranks the median is kept.
   timed with this module's `runtime_ops` (the emu.dispatch calls the runtime makes). Each point is
   measured twice: with every rank measuring at once (per_node = ranks, threads = cores / ranks, as an
   emulator run of that many ranks) and with rank 0 alone (per_node = 1, every core), the other ranks
-  sleeping; in OP_PASSES passes over the grid, the slowest rank of a pass, the fastest pass;
+  sleeping; in OP_PASSES passes over the grid, the slowest rank of a pass, the median pass;
 - hbm_GBps: bytes read + written by a large tensor copy; launch_overhead_us: one minimal torch op;
 - p2p_curve, nvlink_GBps: OSU bandwidth from rank 0 to rank 1 (a window of Isends, Irecvs posted ahead,
   Waitall, a one-byte acknowledgement), at the largest size for nvlink_GBps; nvlink_latency_us: half
@@ -210,7 +210,7 @@ TOKENS_QUICK, CONTEXTS_QUICK, DECODE_QUICK = (16, 64, 256), (64, 256), ((16, 64)
 MAX_CACHED, MAX_SETUP = 1 << 20, 1 << 17
 """Cached tokens (batch x context) per layer of a decode attention point (200 MB for tiny) and of a timed
 KV setup (filling synthetic caches costs ~3 us per token here)."""
-OP_PASSES = 3  # passes over the op grid; each point keeps its fastest pass
+OP_PASSES = 3  # passes over the op grid; each point keeps its median pass
 
 
 def op_model(name: str) -> Model:
@@ -304,8 +304,8 @@ def op_table_points(comm, quick: bool) -> list[dict] | None:
     """Every rank: the op table of OP_MODELS at per_node = ranks (all measure) and 1 (rank 0 alone), in
     OP_PASSES passes over the whole grid (a shared host's bursts of load then hit one pass of a point, not
     all its samples). A pass keeps each point's slowest rank (the ranks of a run wait for each other at
-    every layer); rank 0 returns the fastest pass (the host's speed when other jobs leave it alone: a
-    pass under their load is up to 2x slower), the others None."""
+    every layer); rank 0 returns the median pass (the host as other jobs usually leave it: memory-bound
+    operations run up to 3x slower beside them, compute-bound ones hardly), the others None."""
     from moe.model.optable import measure
 
     cores = os.cpu_count() or 1
@@ -328,7 +328,7 @@ def op_table_points(comm, quick: bool) -> list[dict] | None:
     set_threads(ranks_on_host(comm.size))
     if comm.rank != 0:
         return None
-    return [{**p, "s": min(r[i]["s"] for r in rs), "per_node": share}
+    return [{**p, "s": statistics.median(r[i]["s"] for r in rs), "per_node": share}
             for share, rs in sorted(passes.items(), reverse=True) for i, p in enumerate(rs[0])]
 
 
