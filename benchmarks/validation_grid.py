@@ -1,6 +1,7 @@
 """Issue 7's validation grid: the simulator's prediction against the real backend on one GPU node.
 
     python benchmarks/validation_grid.py --profile PROFILE.yaml --out experiments/validation/h100 [--gpus 4,2,1]
+    python benchmarks/validation_grid.py --calibrate --profile PROFILE.yaml ...  # calibrate for the grid first
 
 For every case: `moetb validate SPEC --backends sim,real --ranks G --out OUT/<case>` (the simulator predicts
 with the calibrated profile, the real backend measures, both Results and validate.json are written), then
@@ -70,11 +71,25 @@ def spec(gpus: int, case: tuple, profile: str) -> dict:
     }
 
 
-def run_case(gpus: int, case: tuple, profile: str, out: Path) -> dict:
+def write_spec(gpus: int, case: tuple, profile: str, out: Path) -> Path:
     folder = out / f"g{gpus}-{case[0]}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec(gpus, case, profile), sort_keys=False))
+    return path
+
+
+def calibrate(profile: Path, specs: list[Path]) -> None:
+    """`moetb calibrate --backend real` on every GPU, its op table measured for the grid's models."""
+    cmd = [sys.executable, "-m", "moe", "calibrate", "--backend", "real", "--out", str(profile)]
+    cmd += [a for p in specs for a in ("--scenario", str(p))]
+    print(f"calibrating -> {profile}", file=sys.stderr, flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=1800)
+
+
+def run_case(gpus: int, case: tuple, profile: str, out: Path) -> dict:
+    folder = out / f"g{gpus}-{case[0]}"
+    path = folder / "spec.yaml"
     cmd = [sys.executable, "-m", "moe", "validate", str(path), "--backends", "sim,real", "--ranks", str(gpus),
            "--out", str(folder), "--json"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -112,7 +127,10 @@ def table(rows: list[dict], machine: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", help="calibrated profile YAML (moetb calibrate --backend real)")
+    parser.add_argument("--profile", required=True,
+                        help="calibrated profile YAML (moetb calibrate --backend real); made first with --calibrate")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="calibrate this node into --profile first, the op table measured for the grid's models")
     parser.add_argument("--out", default="results/validation")
     parser.add_argument("--gpus", default="4,2,1", help="comma-separated GPU counts to run")
     parser.add_argument("--list", action="store_true")
@@ -125,6 +143,9 @@ def main() -> int:
         return 0
     profile = str(Path(args.profile).resolve())
     out = Path(args.out)
+    specs = [write_spec(g, case, profile, out) for g in counts for case in CASES[g]]
+    if args.calibrate:
+        calibrate(Path(profile), specs)
     rows = [run_case(g, case, profile, out) for g in counts for case in CASES[g]]
     import torch
 

@@ -107,7 +107,7 @@ def run(scenario: Scenario, *, ranks: int | None = None) -> RunOutput | None:
     return output
 
 
-def calibrate(*, ranks: int | None = None, quick: bool = False) -> dict | None:
+def calibrate(*, ranks: int | None = None, quick: bool = False, scenarios: tuple[str, ...] = ()) -> dict | None:
     """Microbenchmarks of this GPU node -> a profile mapping (real.calibrate). Under a launcher every rank
     measures and rank 0 returns the mapping; outside one, `ranks` (default: every visible GPU) processes
     are started with torchrun."""
@@ -121,12 +121,13 @@ def calibrate(*, ranks: int | None = None, quick: bool = False) -> dict | None:
             raise BackendUnavailable("real: calibration needs CUDA GPUs and none is visible")
         with tempfile.TemporaryDirectory(prefix="moetb-real-") as tmp:
             out = Path(tmp) / "profile.yaml"
-            dist.launch(n, ["calibrate", "--backend", "real", "--out", str(out)] + (["--quick"] if quick else []))
+            extra = (["--quick"] if quick else []) + [a for path in scenarios for a in ("--scenario", str(path))]
+            dist.launch(n, ["calibrate", "--backend", "real", "--out", str(out)] + extra)
             return yaml.safe_load(out.read_text())
     from real.calibrate import calibrate_ranks
 
     dist.init("nccl", timeout_s=600)
     try:
-        return calibrate_ranks(quick=quick)
+        return calibrate_ranks(quick=quick, scenarios=scenarios)
     finally:
         dist.finish()

@@ -17,7 +17,12 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
   every rank's tokens at once), by CUDA events -> `op_table` (per_node 0: a GPU per rank; median over
   ranks). Its `model` keys are per-operation signatures, so `paper` or `deepseek-v3` with fewer
-  experts or layers (E = G, E > G) reuses the attention, expert, shared, dense and dispatch entries.
+  experts or layers (E = G, E > G) reuses the attention, expert, shared and dense entries; the gate,
+  dispatch and combine depend on E and top-k: `--scenario FILE` (repeatable) measures the models of those
+  scenario files instead of MODELS, each signature once;
+- the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
+  `exchange`, host clock, every rank at once) over the same token grid -> `op_table` (per_node = ranks);
+  the simulator exposes what of it the GPU's work on the layer's front does not cover (sim.costs).
 Peak rates (`fp8_TFLOPS`, `bf16_TFLOPS`) are the best measured GEMM rates, the roofline ceiling the
 simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on a single node.
 """
@@ -26,16 +31,19 @@ from __future__ import annotations
 
 import datetime
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from moe.spec.loader import load_preset
-from moe.spec.schema import Model
+from moe.errors import SpecError
+from moe.spec.loader import build_scenario, load_preset, read_yaml
+from moe.spec.schema import Model, RealOptions
 
 ROWS_FULL = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 ROWS_QUICK = (128, 1024, 4096)
 BYTES_FULL = tuple(1 << p for p in range(16, 29, 2))  # 64 KiB .. 256 MiB per rank
 BYTES_QUICK = (1 << 20, 1 << 24)
 MODELS = ("paper", "deepseek-v3")
+EXCHANGE_TIMEOUT_S = 120.0
 
 
 def gemm_shapes(models: tuple[str, ...] = MODELS) -> list[tuple[int, int]]:
@@ -108,23 +116,115 @@ def op_grid(quick: bool):
                 max_setup=MAX_CACHED)
 
 
-def measure_ops(quick: bool, repeats: int) -> list[dict]:
-    """Op-table points of MODELS on this rank's GPU (moe.model.optable, CUDA-event timer)."""
+Wire = tuple[str, str]
+
+
+def preset_models() -> list[tuple[Model, Wire]]:
+    return [(Model.model_validate({**load_preset("model", name), "preset": name}), ("fp8", "bf16"))
+            for name in MODELS]
+
+
+def scenario_models(paths: Sequence[str]) -> list[tuple[Model, Wire]]:
+    """The model and wire dtypes of each scenario file (`moetb calibrate --scenario`); its other sections
+    (a cluster preset that is the profile being made, say) are not read."""
+    out = []
+    for path in paths:
+        raw = read_yaml(Path(path)) or {}
+        if not isinstance(raw, dict):
+            raise SpecError("--scenario", path, "the top level must be a mapping of keys")
+        s = build_scenario({k: v for k, v in raw.items() if k in ("model", "schedule")}, (), Path(path).parent,
+                           check=False)
+        out.append((s.model, (s.schedule.dispatch_dtype, s.schedule.combine_dtype)))
+    return out
+
+
+def measure_ops(models: list[tuple[Model, Wire]], quick: bool, repeats: int) -> list[dict]:
+    """Op-table points of `models` on this rank's GPU (moe.model.optable, CUDA-event timer); an operation
+    whose signature an earlier model already measured is not measured again."""
     import torch
     import torch.distributed as dist
 
     from emu.calibrate import runtime_ops
     from moe.model.optable import measure
+    from moe.model.shapes import OPS, op_signature
 
     dev = torch.device("cuda", torch.cuda.current_device())
-    wire = ("fp8", "bf16")
-    ops = runtime_ops(dev, wire, host_wire=False)
-    out = []
-    for name in MODELS:
-        m = Model.model_validate({**load_preset("model", name), "preset": name})
+    out, seen = [], set()
+    for m, wire in models:
+        todo = tuple(op for op in OPS if (op, op_signature(m, op, wire)) not in seen)
+        if not todo:
+            continue
+        seen.update((op, op_signature(m, op, wire)) for op in todo)
         out += measure(m, lambda fn: cuda_time_s(fn, warmup=2, repeats=repeats), op_grid(quick), device=dev,
-                       ops=ops, ranks=dist.get_world_size(), wire=wire)
+                       ops=runtime_ops(dev, wire, host_wire=False), ranks=dist.get_world_size(), wire=wire,
+                       only=todo)
         torch.cuda.empty_cache()
+    return out
+
+
+def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ...], repeats: int) -> list[dict]:
+    """Op `exchange`: host seconds of the protocol's bookkeeping of one (layer, micro-batch) exchange of T
+    tokens through the real transport (`real.transport`'s default), every rank at once from a barrier:
+    the counts round trip, posting payload, meta and result collectives and the receives, as
+    `emu.runtime` calls them (`emu.dispatch`; planning and packing are the `dispatch` op, the expert and
+    the sum their own ops). Uniform routing over the model's experts; per_node = the job's ranks; the
+    median over ranks of each rank's median."""
+    import time
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from emu import dispatch as dp
+    from moe.model.fp8 import wire_bytes_per_token
+    from moe.model.optable import uniform_routing
+    from moe.model.shapes import EXCHANGE, op_signature
+    from real.transport import RealTransport, process_groups
+
+    ranks, backend = dist.get_world_size(), dist.get_backend()
+    dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    groups = process_groups(backend, EXCHANGE_TIMEOUT_S)
+    tr = RealTransport(groups, RealOptions().transport, dev, EXCHANGE_TIMEOUT_S)
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    out, seen = [], set()
+    for m, wire in models:
+        sig = op_signature(m, EXCHANGE, wire)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        for t in tokens:
+            ids_TK = uniform_routing(t, m.experts, m.top_k, gen)
+            plan = dp.plan_dispatch(0, ids_TK, np.ones(ids_TK.shape, dtype=bool),
+                                    torch.rand(t, m.top_k, device=dev), -(-m.experts // ranks), ranks)
+            wire_NW = torch.zeros(len(plan.token_N), wire_bytes_per_token(m.hidden, wire[0]), dtype=torch.uint8,
+                                  device=dev)
+            times = []
+            for i in range(2 + repeats):
+                tr.reset()
+                sync()
+                dist.barrier(group=groups.objects)
+                t0 = time.perf_counter()
+                ex = dp.Exchange(0, plan, m.hidden, *wire)
+                dp.post_dispatch(tr, ex, wire_NW)
+                dp.post_result_receives(tr, ex)
+                dp.post_receives(tr, ex, m.top_k)
+                rows_R = np.zeros(ranks, dtype=np.int64)
+                for src, (w, _) in ex.shard_bufs.items():
+                    rows_R[src] = w.shape[0]
+                tr.ready(*[b for part in ex.shard_bufs.values() for b in part])
+                result = torch.empty(int(rows_R.sum()), ex.result_row_bytes, dtype=torch.uint8, device=dev)
+                dp.send_results(tr, ex, rows_R, result)
+                tr.ready(*ex.result_bufs.values())
+                if i >= 2:
+                    times.append(time.perf_counter() - t0)
+                tr.join()
+                sync()
+            mine = statistics.median(times)
+            every = [None] * ranks
+            dist.all_gather_object(every, mine, group=groups.objects)
+            out.append({"op": EXCHANGE, "model": sig, "tokens": t, "context": 0, "s": statistics.median(every),
+                        "per_node": ranks})
     return out
 
 
@@ -233,8 +333,9 @@ def _median_table(tables: list[list[dict]]) -> list[dict]:
             for i, first in enumerate(tables[0])]
 
 
-def calibrate_ranks(*, quick: bool) -> dict | None:
-    """Every rank of the job measures; rank 0 returns the profile mapping, the others None."""
+def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | None:
+    """Every rank of the job measures; rank 0 returns the profile mapping, the others None. `scenarios`:
+    the op table covers these scenario files' models (and wire dtypes) instead of MODELS."""
     import torch
     import torch.distributed as dist
 
@@ -242,9 +343,11 @@ def calibrate_ranks(*, quick: bool) -> dict | None:
     gemms = measure_gemms(rows, reps)
     tables = [None] * dist.get_world_size()
     dist.all_gather_object(tables, gemms)
-    ops = measure_ops(quick, reps)
+    models = scenario_models(scenarios) if scenarios else preset_models()
+    ops = measure_ops(models, quick, reps)
     op_runs = [None] * dist.get_world_size()
     dist.all_gather_object(op_runs, ops)
+    exchange = measure_exchange_ops(models, OP_QUICK[0] if quick else OP_TOKENS_FULL, reps)
     multi = dist.get_world_size() > 1
     a2a = measure_alltoall(sizes, reps) if multi else []
     p2p = measure_ring_p2p(sizes, reps) if multi else []
@@ -277,5 +380,6 @@ def calibrate_ranks(*, quick: bool) -> dict | None:
         "comm_copy_GBps": 0.0,  # NCCL's copies are inside the measured link bandwidth
         "alltoall_curve": a2a,
         "p2p_curve": p2p,
-        "op_table": [{**p, "s": statistics.median(r[i]["s"] for r in op_runs)} for i, p in enumerate(op_runs[0])],
+        "op_table": [{**p, "s": statistics.median(r[i]["s"] for r in op_runs)} for i, p in enumerate(op_runs[0])]
+        + exchange,
     }

@@ -38,7 +38,7 @@ from moe.spec import sizes
 from moe.spec.schema import Cluster, Model, Scenario
 from moe.spec.sizes import expert_weight_bytes
 from sim.gemm import DTYPE_BYTES, gemm_time_s, memory_time_s
-from sim.optable import op_time_s
+from sim.optable import op_floor_s, op_time_s
 
 BF16 = DTYPE_BYTES["bf16"]
 F32 = 4
@@ -259,6 +259,29 @@ def combine_sum_s(s: Scenario, tokens: float, rows: float) -> float:
     return float(memory_time_s(s.cluster, nbytes))
 
 
+def front_ops(s: Scenario) -> tuple[str, str, str]:
+    """The measured operations of a MoE layer's front before its dispatch is posted."""
+    return ("attention.decode" if s.workload.phase == "decode" else "attention.prefill", "gate", "dispatch")
+
+
+def host_stall_s(s: Scenario, mb: MicroBatch, front_s: float) -> float:
+    """Seconds the compute stream idles in a MoE layer's front while the host does the exchange's
+    bookkeeping (`exchange` in the op table: counts round trip and posting, host-clock time). The host
+    issues the front's operations (at least their fixed cost each: `sim.optable.op_floor_s`) and then the
+    bookkeeping, before it queues anything after the front; the GPU runs the front's work (`front_s`) in
+    the meantime, so what is left of the host's path is exposed:
+        stall = max(0, sum of the ops' floors + exchange - front_s)
+    0 where the table has no `exchange` entry for the model (an unmeasured host is assumed to keep up),
+    and under attention TP (the table is measured without it)."""
+    if s.parallel.attention_tp != 1 or not s.model.moe_layers or mb.tokens <= 0:
+        return 0.0
+    exchange = measured(s, shapes.EXCHANGE, mb.tokens)
+    if exchange is None:
+        return 0.0
+    floors = [op_floor_s(s.cluster, op, shapes.op_signature(s.model, op, wire(s))) for op in front_ops(s)]
+    return max(0.0, sum(f for f in floors if f is not None) + exchange - front_s)
+
+
 def setup_s(s: Scenario) -> float:
     """The runtime's per-step KV cache setup of every layer, where the table measured it (else 0)."""
     w = s.workload
@@ -279,11 +302,15 @@ class LayerCosts:
     shared_expert_s: float
     pack_s: float = 0.0
     combine_sum_s: float = 0.0
+    host_stall_s: float = 0.0
+    """MoE layers: the compute stream's idle time while the host posts the dispatch (`host_stall_s`)."""
 
 
 def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> LayerCosts:
     """Costs of micro-batch `mb`; `returned_rows`: rows its combine sums (physics of the combine)."""
     t = mb.tokens
-    return LayerCosts(tokens=t, attention_s=attention_s(s, mb), attention_tp_comm_s=attention_tp_comm_s(s, t),
-                      gate_s=gate_s(s, t), dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t),
-                      pack_s=pack_s(s, t), combine_sum_s=combine_sum_s(s, t, returned_rows))
+    att, gate, pack = attention_s(s, mb), gate_s(s, t), pack_s(s, t)
+    return LayerCosts(tokens=t, attention_s=att, attention_tp_comm_s=attention_tp_comm_s(s, t), gate_s=gate,
+                      dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t), pack_s=pack,
+                      combine_sum_s=combine_sum_s(s, t, returned_rows),
+                      host_stall_s=host_stall_s(s, mb, att + gate + pack))

@@ -32,6 +32,8 @@ class Op(IntEnum):
     """Summing the returned rows into the tokens, with the residual and the shared expert (compute)."""
     SETUP = 10
     """The runtime's per-step setup (building the step's KV caches), once at the start of a step."""
+    HOST = 11
+    """The compute stream idle while the host does a dispatch's bookkeeping (sim.costs.host_stall_s)."""
 
 
 COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_EXPERT, Op.EXPERT, Op.PACK,

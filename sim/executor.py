@@ -289,7 +289,8 @@ class Executor:
             st.busy_until = self._spans(g, li, i, t, [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)])
             st.layer[i] += 1
             return True
-        post = self._spans(g, li, i, t, [(int(Op.GATE), c.gate_s), (int(Op.PACK), c.pack_s)])
+        post = self._spans(g, li, i, t, [(int(Op.GATE), c.gate_s), (int(Op.PACK), c.pack_s),
+                                         (int(Op.HOST), c.host_stall_s)])
         self._join(li, i, Op.DISPATCH, p, plan.dispatch[p], post)
         st.ex_of[i] = _Ex(li, i, p, post, local=plan.runtime == "messages" and self.local[p] is not None)
         st.next_key = (li - st.first_moe) * plan.micro_batches + i + 1

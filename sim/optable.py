@@ -77,6 +77,14 @@ def has_op(cluster: Cluster, op: str, signature: str) -> bool:
     return bool(_index(cluster.op_table).get((op, signature)))
 
 
+def op_floor_s(cluster: Cluster, op: str, signature: str) -> float | None:
+    """The least measured seconds of `op` (any token count or context): its fixed cost, which on a GPU is
+    the host's cost of issuing the op's kernels (the device finishes them sooner at small counts); None
+    without points."""
+    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
+    return None if curves is None else float(min(s_P.min() for _, (_, s_P) in curves))
+
+
 def op_time_s(cluster: Cluster, op: str, signature: str, tokens, context: float = 0.0):
     """Measured seconds of `op` on `tokens` (scalar or array; 0 tokens take 0 s) with `context` keys per
     sequence, or None when the table has no such operation."""

@@ -94,7 +94,7 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
             comm[c.op] += timing.sync_s + float(timing.done_G[critical])
         busy = float(np.clip(np.minimum(cols["end"][mine], w1) - np.maximum(cols["start"][mine], w0), 0, None).sum())
         breakdown = Breakdown(attention_s=total(Op.ATTENTION, Op.ATTENTION_TP), gate_s=total(Op.GATE),
-                              dispatch_s=comm[Op.DISPATCH] / n_moe + total(Op.PACK),
+                              dispatch_s=comm[Op.DISPATCH] / n_moe + total(Op.PACK, Op.HOST),
                               expert_s=total(Op.EXPERT, Op.SHARED_EXPERT),
                               combine_s=comm[Op.COMBINE] / n_moe + total(Op.COMBINE_SUM),
                               exposed_comm_s=max(w1 - w0 - busy, 0.0) / n_moe)

@@ -87,6 +87,24 @@ def test_costs_take_the_table_for_the_scenarios_model_and_physics_for_another():
     assert costs.attention_s(wide, mb) == pytest.approx(costs.attention_physics_s(wide, mb))
 
 
+def test_host_bookkeeping_is_exposed_only_where_the_fronts_gpu_work_does_not_cover_it():
+    """stall = max(0, floors of attention, gate and dispatch + exchange - their times) (sim.costs)."""
+    base = tiny_scenario()
+    sig = op_signature(base.model, "exchange")
+    s = tiny_scenario(full_table(base.model) + pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)]))
+    mb = costs.micro_batches(s)[0]  # 64 tokens: each front op 64e-5 s, floors 1e-5 s each
+    front = 3 * 64e-5
+    assert costs.host_stall_s(s, mb, front) == pytest.approx(3e-5 + float(np.interp(64, [16, 1000], [3e-3, 4e-3]))
+                                                             - front)
+    assert costs.host_stall_s(s, mb, 1.0) == 0.0  # a GPU-bound front hides the host's work
+    assert costs.host_stall_s(base, mb, 0.0) == 0.0  # no exchange measured: the host keeps up
+    slow = run(s).result
+    fast = run(tiny_scenario(full_table(base.model))).result
+    stall = costs.host_stall_s(s, mb, front)
+    assert slow.step_time_s == pytest.approx(fast.step_time_s + s.model.moe_layers * stall)
+    assert slow.breakdown.dispatch_s == pytest.approx(fast.breakdown.dispatch_s + stall)
+
+
 def test_one_gpu_step_is_the_sum_of_the_measured_operations():
     """One rank, one micro-batch, no launch cost: setup + dense layer + MoE layers, each op as measured."""
     base = tiny_scenario()

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="profile YAML to write")
     p.add_argument("--ranks", type=int, help="ranks to measure with")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    p.add_argument("--scenario", action="append", default=[], metavar="SPEC",
+                   help="real: time the runtime's operations for this scenario's model (repeatable; default: "
+                        "the paper and deepseek-v3 presets)")
 
     p = sub.add_parser("plot", help="figures (PNG) from a sweep's result table")
     p.add_argument("results", help="result table (Parquet or CSV) or sweep output folder")
@@ -183,7 +186,15 @@ def cmd_calibrate(args) -> int:
     backend = load_backend(args.backend)
     if not hasattr(backend, "calibrate"):
         raise BackendUnavailable(f"backend {args.backend!r} has no calibration")
-    profile = backend.calibrate(ranks=args.ranks, quick=args.quick)
+    if args.scenario:
+        if args.backend != "real":
+            raise SpecError("--scenario", args.scenario[0], "is read by `moetb calibrate --backend real` only")
+        for path in args.scenario:
+            if not Path(path).is_file():
+                raise SpecError("--scenario", path, "no such file")
+        profile = backend.calibrate(ranks=args.ranks, quick=args.quick, scenarios=tuple(args.scenario))
+    else:
+        profile = backend.calibrate(ranks=args.ranks, quick=args.quick)
     if profile is None:  # a non-writing rank
         return 0
     write_profile(args.out, profile)

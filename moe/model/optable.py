@@ -194,12 +194,16 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
     two = model.model_copy(update={"layers": 2, "dense_layers": 1})
     dense = build_layer(two, seed, 0, device=device)
     moe = build_layer(two, seed, 1, experts=list(range(cycle_experts(model))), device=device)
-    want = (lambda op: True) if only is None else (lambda op: op.startswith(only))
+
+    def want(op: str) -> bool:  # an operation, or a prefix of operations ("attention.")
+        return only is None or any(op.startswith(o) or o.startswith(op) for o in only)
+
     points = []
     with torch.inference_mode():
-        calls = [attention_calls(dense, model, grid, device, seed),
-                 token_calls(dense, moe, model, grid, ops, ranks, wire, device, seed),
-                 expert_calls(moe, model, grid, ops, device, seed)]
+        calls = [attention_calls(dense, model, grid, device, seed) if want("attention.") else (),
+                 token_calls(dense, moe, model, grid, ops, ranks, wire, device, seed)
+                 if any(want(op) for op in ("gate", "dispatch", "shared", "combine", "dense")) else (),
+                 expert_calls(moe, model, grid, ops, device, seed) if want("expert") else ()]
         for gen in calls:
             for op, t, s, call, *share in gen:  # share: the call does this many units of the op
                 if want(op):

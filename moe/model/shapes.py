@@ -117,6 +117,9 @@ def total_flops(gemms: list[Gemm]) -> int:
 OPS = ("attention.prefill", "attention.decode", "gate", "dispatch", "expert", "shared", "dense", "combine",
        "kv_setup.prefill", "kv_setup.decode")
 """The runtime's operations that moe.model.optable times and the simulator looks up (cluster.op_table)."""
+EXCHANGE = "exchange"
+"""Also in the table, timed with a transport (real/calibrate.py): the host's bookkeeping of one (layer,
+micro-batch) exchange (counts round trip, posting the payload, meta and result collectives)."""
 
 
 def op_signature(model: Model, op: str, wire: tuple[str, str] = ("fp8", "bf16")) -> str:
@@ -140,4 +143,6 @@ def op_signature(model: Model, op: str, wire: tuple[str, str] = ("fp8", "bf16"))
         return f"d{d}f{model.dense_hidden}-{w}"
     if op == "combine":
         return f"d{d}k{model.top_k}-{wire[1]}-s{min(model.shared_experts, 1)}"
-    raise ValueError(f"unknown operation {op!r}; expected one of {OPS}")
+    if op == EXCHANGE:
+        return f"d{d}k{model.top_k}-{wire[0]}-{wire[1]}"
+    raise ValueError(f"unknown operation {op!r}; expected one of {OPS + (EXCHANGE,)}")
