@@ -21,7 +21,7 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   dispatch and combine depend on E and top-k: `--scenario FILE` (repeatable) measures the models of those
   scenario files instead of MODELS, each signature once;
 - the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
-  `exchange`, host clock, every rank at once) over the same token grid -> `op_table` (per_node = ranks);
+  `exchange`, host clock, every rank at once) over the same token grid -> `op_table`;
   the simulator exposes what of it the GPU's work on the layer's front does not cover (sim.costs).
 Peak rates (`fp8_TFLOPS`, `bf16_TFLOPS`) are the best measured GEMM rates, the roofline ceiling the
 simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on a single node.
@@ -167,8 +167,8 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
     tokens through the real transport (`real.transport`'s default), every rank at once from a barrier:
     the counts round trip, posting payload, meta and result collectives and the receives, as
     `emu.runtime` calls them (`emu.dispatch`; planning and packing are the `dispatch` op, the expert and
-    the sum their own ops). Uniform routing over the model's experts; per_node = the job's ranks; the
-    median over ranks of each rank's median."""
+    the sum their own ops). Uniform routing over the model's experts; per_node 0 as for every GPU point
+    (its ranks are the calibration job's); the median over ranks of each rank's median."""
     import time
 
     import numpy as np
@@ -224,8 +224,7 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
             mine = statistics.median(times)
             every = [None] * ranks
             dist.all_gather_object(every, mine, group=groups.objects)
-            out.append({"op": EXCHANGE, "model": sig, "tokens": t, "context": 0, "s": statistics.median(every),
-                        "per_node": ranks})
+            out.append({"op": EXCHANGE, "model": sig, "tokens": t, "context": 0, "s": statistics.median(every)})
     return out
 
 

@@ -239,11 +239,7 @@ def pack_s(s: Scenario, tokens: float) -> float:
     if tokens <= 0 or not s.model.moe_layers:
         return 0.0
     t = measured(s, "dispatch", tokens)
-    if t is not None:
-        return t
-    send = DTYPE_BYTES[s.schedule.dispatch_dtype]
-    scales = SCALE_BYTES_PER_128 if send == 1 else 0.0
-    return float(memory_time_s(s.cluster, tokens * s.model.hidden * (BF16 + send * (1 + scales))))
+    return t if t is not None else pack_physics_s(s, tokens)
 
 
 def combine_sum_s(s: Scenario, tokens: float, rows: float) -> float:
@@ -259,27 +255,31 @@ def combine_sum_s(s: Scenario, tokens: float, rows: float) -> float:
     return float(memory_time_s(s.cluster, nbytes))
 
 
-def front_ops(s: Scenario) -> tuple[str, str, str]:
-    """The measured operations of a MoE layer's front before its dispatch is posted."""
-    return ("attention.decode" if s.workload.phase == "decode" else "attention.prefill", "gate", "dispatch")
+def pack_physics_s(s: Scenario, tokens: float) -> float:
+    """The pack's device work: read the rows in BF16, write them in the dispatch dtype (+ FP8 scales)."""
+    if tokens <= 0 or not s.model.moe_layers:
+        return 0.0
+    send = DTYPE_BYTES[s.schedule.dispatch_dtype]
+    scales = SCALE_BYTES_PER_128 if send == 1 else 0.0
+    return float(memory_time_s(s.cluster, tokens * s.model.hidden * (BF16 + send * (1 + scales))))
 
 
-def host_stall_s(s: Scenario, mb: MicroBatch, front_s: float) -> float:
-    """Seconds the compute stream idles in a MoE layer's front while the host does the exchange's
-    bookkeeping (`exchange` in the op table: counts round trip and posting, host-clock time). The host
-    issues the front's operations (at least their fixed cost each: `sim.optable.op_floor_s`) and then the
-    bookkeeping, before it queues anything after the front; the GPU runs the front's work (`front_s`) in
-    the meantime, so what is left of the host's path is exposed:
-        stall = max(0, sum of the ops' floors + exchange - front_s)
-    0 where the table has no `exchange` entry for the model (an unmeasured host is assumed to keep up),
-    and under attention TP (the table is measured without it)."""
+def host_path_s(s: Scenario, mb: MicroBatch) -> float | None:
+    """The host's time from a MoE layer's front to the posted dispatch, where the table measured the
+    exchange's bookkeeping (`exchange`, host clock; None otherwise): issuing attention and the gate (their
+    least measured times: `sim.optable.op_floor_s`, the fixed cost of issuing their kernels), the
+    `dispatch` op as measured (planning the send order in numpy and issuing the pack: host work at every
+    size, the pack's own memory traffic is a small part of it), then the bookkeeping. Not under attention
+    TP (the table is measured without it)."""
     if s.parallel.attention_tp != 1 or not s.model.moe_layers or mb.tokens <= 0:
-        return 0.0
+        return None
     exchange = measured(s, shapes.EXCHANGE, mb.tokens)
-    if exchange is None:
-        return 0.0
-    floors = [op_floor_s(s.cluster, op, shapes.op_signature(s.model, op, wire(s))) for op in front_ops(s)]
-    return max(0.0, sum(f for f in floors if f is not None) + exchange - front_s)
+    plan = measured(s, "dispatch", mb.tokens)
+    if exchange is None or plan is None:
+        return None
+    att = "attention.decode" if s.workload.phase == "decode" else "attention.prefill"
+    floors = [op_floor_s(s.cluster, op, shapes.op_signature(s.model, op, wire(s))) for op in (att, "gate")]
+    return sum(f for f in floors if f is not None) + plan + exchange
 
 
 def setup_s(s: Scenario) -> float:
@@ -303,14 +303,22 @@ class LayerCosts:
     pack_s: float = 0.0
     combine_sum_s: float = 0.0
     host_stall_s: float = 0.0
-    """MoE layers: the compute stream's idle time while the host posts the dispatch (`host_stall_s`)."""
+    """MoE layers: the compute stream idle while the host plans and posts the dispatch (`layer_costs`)."""
 
 
 def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> LayerCosts:
-    """Costs of micro-batch `mb`; `returned_rows`: rows its combine sums (physics of the combine)."""
+    """Costs of micro-batch `mb`; `returned_rows`: rows its combine sums (physics of the combine).
+
+    With the host's path measured (`host_path_s`), a MoE layer's front is two resources: the device runs
+    attention, the gate and the pack (its memory traffic, `pack_physics_s`) while the host issues them,
+    plans and posts; the stream then idles for what is left of the host's path:
+        host_stall_s = max(0, host_path_s - (attention + gate + pack))
+    Without it the `dispatch` op's measured time is the pack's and the host is assumed to keep up."""
     t = mb.tokens
-    att, gate, pack = attention_s(s, mb), gate_s(s, t), pack_s(s, t)
+    att, gate = attention_s(s, mb), gate_s(s, t)
+    host = host_path_s(s, mb)
+    pack = pack_s(s, t) if host is None else pack_physics_s(s, t)
+    stall = 0.0 if host is None else max(0.0, host - (att + gate + pack))
     return LayerCosts(tokens=t, attention_s=att, attention_tp_comm_s=attention_tp_comm_s(s, t), gate_s=gate,
                       dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t), pack_s=pack,
-                      combine_sum_s=combine_sum_s(s, t, returned_rows),
-                      host_stall_s=host_stall_s(s, mb, att + gate + pack))
+                      combine_sum_s=combine_sum_s(s, t, returned_rows), host_stall_s=stall)

@@ -87,22 +87,23 @@ def test_costs_take_the_table_for_the_scenarios_model_and_physics_for_another():
     assert costs.attention_s(wide, mb) == pytest.approx(costs.attention_physics_s(wide, mb))
 
 
-def test_host_bookkeeping_is_exposed_only_where_the_fronts_gpu_work_does_not_cover_it():
-    """stall = max(0, floors of attention, gate and dispatch + exchange - their times) (sim.costs)."""
+def test_host_path_stalls_the_front_only_where_the_devices_work_does_not_cover_it():
+    """With `exchange` measured: stall = max(0, floors(attention, gate) + dispatch + exchange - device work),
+    the pack's device work from physics (sim.costs.layer_costs)."""
     base = tiny_scenario()
     sig = op_signature(base.model, "exchange")
     s = tiny_scenario(full_table(base.model) + pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)]))
-    mb = costs.micro_batches(s)[0]  # 64 tokens: each front op 64e-5 s, floors 1e-5 s each
-    front = 3 * 64e-5
-    assert costs.host_stall_s(s, mb, front) == pytest.approx(3e-5 + float(np.interp(64, [16, 1000], [3e-3, 4e-3]))
-                                                             - front)
-    assert costs.host_stall_s(s, mb, 1.0) == 0.0  # a GPU-bound front hides the host's work
-    assert costs.host_stall_s(base, mb, 0.0) == 0.0  # no exchange measured: the host keeps up
+    mb = costs.micro_batches(s)[0]  # 64 tokens: every op 64e-5 s, least measured 1e-5 s
+    exchange = float(np.interp(64, [16, 1000], [3e-3, 4e-3]))
+    assert costs.host_path_s(s, mb) == pytest.approx(2e-5 + 64e-5 + exchange)
+    c = costs.layer_costs(s, mb)
+    assert c.pack_s == pytest.approx(costs.pack_physics_s(s, 64))
+    assert c.host_stall_s == pytest.approx(2e-5 + 64e-5 + exchange - (2 * 64e-5 + c.pack_s))
+    assert costs.host_path_s(base, mb) is None and costs.layer_costs(base, mb).host_stall_s == 0.0
+    gpu_bound = tiny_scenario(full_table(base.model, scale=100.0) + pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)]))
+    assert costs.layer_costs(gpu_bound, mb).host_stall_s == 0.0  # the device's work hides the host's
     slow = run(s).result
-    fast = run(tiny_scenario(full_table(base.model))).result
-    stall = costs.host_stall_s(s, mb, front)
-    assert slow.step_time_s == pytest.approx(fast.step_time_s + s.model.moe_layers * stall)
-    assert slow.breakdown.dispatch_s == pytest.approx(fast.breakdown.dispatch_s + stall)
+    assert slow.breakdown.dispatch_s >= c.pack_s + c.host_stall_s
 
 
 def test_one_gpu_step_is_the_sum_of_the_measured_operations():
