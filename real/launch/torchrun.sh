@@ -12,7 +12,7 @@ out=${OUT_DIR:-results/real}
 mkdir -p "$out"
 node=(--set cluster.preset="$PWD/$out/profile.yaml" --set cluster.nodes=1 --set cluster.gpus_per_node="$gpus")
 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m moe calibrate --backend real \
-  --out "$out/profile.yaml"
+  --out "$out/profile.yaml" --scenario "$spec"
 "$python" -m moe run "$spec" --backend sim --out "$out/sim" "${node[@]}"
 for transport in all_to_all p2p; do
   "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m moe run "$spec" --backend real \
