@@ -19,7 +19,8 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   ranks). Its `model` keys are per-operation signatures, so `paper` or `deepseek-v3` with fewer
   experts or layers (E = G, E > G) reuses the attention, expert, shared and dense entries; the gate,
   dispatch and combine depend on E and top-k: `--scenario FILE` (repeatable) measures the models of those
-  scenario files instead of MODELS, each signature once;
+  scenario files instead of MODELS, each signature once, at the token counts their micro-batches run
+  (`scenario_grid`) instead of the whole grid;
 - the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
   `exchange`, host clock, every rank at once) over the same token grid -> `op_table`;
   the simulator exposes what of it the GPU's work on the layer's front does not cover (sim.costs).
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from moe.errors import SpecError
 from moe.spec.loader import build_scenario, load_preset, read_yaml
-from moe.spec.schema import Model, RealOptions
+from moe.spec.schema import Model, RealOptions, Scenario
 
 ROWS_FULL = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 ROWS_QUICK = (128, 1024, 4096)
@@ -102,6 +103,7 @@ OP_ROWS_FULL = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 3276
 OP_CONTEXTS_FULL = (256, 512, 1024, 2048, 4096, 8192)
 OP_DECODE_FULL = ((1, 4, 16, 64, 256, 1024, 4096), (512, 2048, 8192))
 OP_QUICK = ((128, 1024), (128, 1024), (1024,), ((16,), (2048,)))
+OP_SMALLEST_PREFILL, OP_SMALLEST_DECODE = (64, 256), (1, 512)
 MAX_CACHED = 1 << 22
 """Cached tokens (batch x context) of one layer in a decode point: 4.8 GB of MLA latent in BF16."""
 
@@ -124,21 +126,41 @@ def preset_models() -> list[tuple[Model, Wire]]:
             for name in MODELS]
 
 
-def scenario_models(paths: Sequence[str]) -> list[tuple[Model, Wire]]:
-    """The model and wire dtypes of each scenario file (`moetb calibrate --scenario`); its other sections
-    (a cluster preset that is the profile being made, say) are not read."""
+def load_scenarios(paths: Sequence[str]) -> list[Scenario]:
+    """The scenario files of `moetb calibrate --scenario`, read for their model, schedule and workload
+    only (the cluster may name the profile being made)."""
     out = []
     for path in paths:
         raw = read_yaml(Path(path)) or {}
         if not isinstance(raw, dict):
             raise SpecError("--scenario", path, "the top level must be a mapping of keys")
-        s = build_scenario({k: v for k, v in raw.items() if k in ("model", "schedule")}, (), Path(path).parent,
-                           check=False)
-        out.append((s.model, (s.schedule.dispatch_dtype, s.schedule.combine_dtype)))
+        keep = {k: v for k, v in raw.items() if k in ("model", "schedule", "workload")}
+        out.append(build_scenario(keep, (), Path(path).parent, check=False))
     return out
 
 
-def measure_ops(models: list[tuple[Model, Wire]], quick: bool, repeats: int) -> list[dict]:
+def scenario_models(scenarios: Sequence[Scenario]) -> list[tuple[Model, Wire]]:
+    return [(s.model, (s.schedule.dispatch_dtype, s.schedule.combine_dtype)) for s in scenarios]
+
+
+def scenario_grid(scenarios: Sequence[Scenario]):
+    """The op grid of `scenarios`: the token counts and (tokens, keys) pairs their micro-batches look up
+    (sim.costs.micro_batches, the runtime's layout), plus the full grid's smallest points, whose times are
+    the ops' fixed costs (sim.optable.op_floor_s); expert rows over the full grid."""
+    from moe.model.optable import Grid
+    from sim.costs import micro_batches
+
+    tokens, prefill, decode = {OP_TOKENS_FULL[0]}, {OP_SMALLEST_PREFILL}, {OP_SMALLEST_DECODE}
+    for s in scenarios:
+        for mb in micro_batches(s):
+            t, k = round(mb.tokens), round(mb.keys)
+            tokens.add(t)
+            (decode if s.workload.phase == "decode" else prefill).add((t, k))
+    return Grid(tokens=tuple(sorted(tokens)), rows=OP_ROWS_FULL, prefill=tuple(sorted(prefill)),
+                decode=tuple(sorted(decode)), max_setup=MAX_CACHED)
+
+
+def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[dict]:
     """Op-table points of `models` on this rank's GPU (moe.model.optable, CUDA-event timer); an operation
     whose signature an earlier model already measured is not measured again."""
     import torch
@@ -155,7 +177,7 @@ def measure_ops(models: list[tuple[Model, Wire]], quick: bool, repeats: int) -> 
         if not todo:
             continue
         seen.update((op, op_signature(m, op, wire)) for op in todo)
-        out += measure(m, lambda fn: cuda_time_s(fn, warmup=2, repeats=repeats), op_grid(quick), device=dev,
+        out += measure(m, lambda fn: cuda_time_s(fn, warmup=2, repeats=repeats), grid, device=dev,
                        ops=runtime_ops(dev, wire, host_wire=False), ranks=dist.get_world_size(), wire=wire,
                        only=todo)
         torch.cuda.empty_cache()
@@ -343,11 +365,13 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     gemms = measure_gemms(rows, reps)
     tables = [None] * dist.get_world_size()
     dist.all_gather_object(tables, gemms)
-    models = scenario_models(scenarios) if scenarios else preset_models()
-    ops = measure_ops(models, quick, reps)
+    chosen = load_scenarios(scenarios)
+    models = scenario_models(chosen) if chosen else preset_models()
+    grid = scenario_grid(chosen) if chosen else op_grid(quick)
+    ops = measure_ops(models, grid, reps)
     op_runs = [None] * dist.get_world_size()
     dist.all_gather_object(op_runs, ops)
-    exchange = measure_exchange_ops(models, OP_QUICK[0] if quick else OP_TOKENS_FULL, reps)
+    exchange = measure_exchange_ops(models, grid.tokens, reps)
     multi = dist.get_world_size() > 1
     a2a = measure_alltoall(sizes, reps) if multi else []
     p2p = measure_ring_p2p(sizes, reps) if multi else []

@@ -23,6 +23,11 @@ to its end, after chunk i - 1 (`MicroBatch.after`). Causal attention skips the m
 L_i new tokens after P cached ones sees P + (L_i + 1) / 2 keys per query on average (scores and values
 scaled by that over S_i). Decode: one new token per sequence over context_len cached tokens; the time is
 the larger of the flops at the GEMM rate and the cache bytes at HBM bandwidth.
+Host and device: on a GPU the runtime's host issues every kernel, plans the dispatch in numpy and posts
+the exchange. Where calibration measured that bookkeeping (op `exchange`), a MoE layer's front is timed on
+both (`layer_costs`): the stream idles for whatever of the host's path its work does not cover, which is
+what makes small token counts host-bound. Other host work (result sends, the combine's bookkeeping, the
+per-expert loop) is not modelled.
 Left out of the physics: the embedding lookup and the output head, norms inside attention, and the
 runtime's per-step KV cache setup (a serving system keeps its caches; the table measures the runtime's).
 """

@@ -4,7 +4,8 @@ Each GPU has a compute stream and a communication engine. A GPU's process is the
 (emu/runtime.py): whenever its stream is free it starts the most urgent runnable task, and when nothing
 is runnable it sleeps until something lands. Tasks of micro-batch i at layer l:
   front     attention (+ TP collectives); then, in a dense layer, the dense FFN (the layer is done), in a
-            MoE layer the gate and the packing of the dispatch, which is posted at its end (the GPU joins
+            MoE layer the gate and the packing of the dispatch (and the stream's idle wait for the host's
+            planning and posting, `LayerCosts.host_stall_s`), which is posted at its end (the GPU joins
             the dispatch collective), then the shared expert while the shards travel;
   shards    routed-expert work on rows that have landed (below);
   combine   once the combine's results are all in: the sum into the tokens; the layer is done.

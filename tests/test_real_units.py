@@ -167,3 +167,34 @@ def test_cuda_clock_resolves_marks_and_spans_after_the_step(monkeypatch):
     assert all(s.rank == 3 and s.args["step"] == 7 for s in clock.spans)
     assert set(clock.moe_totals_s) == {"expert", "wait_dispatch"}  # MoE layers and waits only
     assert "dispatch_transfer" in clock.totals_s and clock.host_s == {"wait_combine": 0.5}
+
+
+def test_exchange_op_is_the_protocols_host_time_per_signature(groups):
+    from moe.spec.loader import build_scenario
+    from real.calibrate import measure_exchange_ops
+
+    tiny = build_scenario({"model": {"preset": "tiny"}}).model
+    one = tiny.model_copy(update={"top_k": 1})
+    models = [(tiny, ("fp8", "bf16")), (tiny, ("fp8", "bf16")), (one, ("bf16", "bf16"))]  # the repeat: once
+    points = measure_exchange_ops(models, (4, 32), repeats=2)
+    assert [(p["model"], p["tokens"]) for p in points] == [
+        ("d256k4-fp8-bf16", 4), ("d256k4-fp8-bf16", 32), ("d256k1-bf16-bf16", 4), ("d256k1-bf16-bf16", 32)]
+    assert all(p["op"] == "exchange" and p["s"] > 0 and "per_node" not in p for p in points)
+
+
+def test_calibrating_for_scenarios_measures_what_their_micro_batches_look_up(tmp_path):
+    import yaml
+
+    from real.calibrate import OP_SMALLEST_PREFILL, load_scenarios, scenario_grid, scenario_models
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"model": {"preset": "paper", "experts": 4, "top_k": 2},
+                                    "cluster": {"preset": "profile-not-made-yet.yaml"},
+                                    "workload": {"tokens_per_gpu": 256, "context_len": 256},
+                                    "schedule": {"micro_batches": 2, "combine_dtype": "fp8"}}))
+    chosen = load_scenarios([str(path)])
+    (model, wire), = scenario_models(chosen)
+    assert (model.experts, model.top_k, wire) == (4, 2, ("fp8", "fp8"))
+    grid = scenario_grid(chosen)
+    assert 128 in grid.tokens and min(grid.tokens) < 128  # the chunks, and a small count for the fixed costs
+    assert {(128, 128), (128, 256), OP_SMALLEST_PREFILL} <= set(grid.prefill)
