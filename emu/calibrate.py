@@ -243,7 +243,7 @@ def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = T
     from types import SimpleNamespace
 
     from emu import dispatch as dp
-    from emu.microbatch import layout, new_caches
+    from emu.microbatch import layout, new_caches, rewind
     from moe.model.fp8 import pack
     from moe.model.optable import RuntimeOps
     from moe.spec.schema import Scenario, Schedule, Workload
@@ -287,7 +287,8 @@ def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = T
                      schedule=Schedule(micro_batches=min(2, tokens)))
         lay = layout(s)
         stack = SimpleNamespace(new_caches=lambda b, cap: [block.new_cache(b, cap) for _ in range(layers)])
-        return lambda: new_caches(stack, lay, 0)
+        caches = new_caches(stack, lay, 0)  # built once per job; each step rewinds them (emu.runtime)
+        return lambda: rewind(caches, lay)
 
     return RuntimeOps(dispatch=dispatch, shard=shard, combine=combine, kv_setup=kv_setup)
 

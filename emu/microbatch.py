@@ -84,3 +84,13 @@ def new_caches(model, lay: Layout, seed: int) -> list[list[KVCache]]:
     starts = np.concatenate([[0], np.cumsum(lay.group_sequences)])
     return [[KVCache(c.data_BSW[starts[g]:starts[g + 1]].clone(), c.length) for c in full]
             for g in range(len(lay.group_sequences))]
+
+
+def rewind(caches: list[list[KVCache]], lay: Layout) -> list[list[KVCache]]:
+    """Caches from `new_caches`, back to a step's start: `lay.cached` tokens (the synthetic context is
+    never overwritten: a step appends after it). A rank builds its caches once and rewinds them at each
+    step, so that a step's time is the forward pass, not the fabrication of its context."""
+    for group in caches:
+        for c in group:
+            c.length = lay.cached
+    return caches

@@ -35,7 +35,7 @@ import torch
 
 from emu import dispatch as dp
 from emu.faults import maybe_fail
-from emu.microbatch import Layout, new_caches
+from emu.microbatch import Layout, new_caches, rewind
 from emu.plan import RunPlan
 from emu.timing import PhaseClock
 from emu.transport import Pending, Transport, host_to
@@ -87,6 +87,7 @@ class RankRuntime:
         self.expert_of_slot = plan.expert_of_slot(transport.rank)
         self.fault_armed = True
         self.absorbed = None if scenario.workload.phase == "decode" else False
+        self.caches, self.caches_seed = None, None
         self.layer_outputs: dict[int, list] | None = None
         """When a dict: layer -> hidden states after it, per micro-batch, of the last step (tests)."""
 
@@ -95,7 +96,9 @@ class RankRuntime:
         """One forward step of the rank's tokens x_TD through every layer; returns the output hidden
         states and the step's statistics."""
         lay, layers = self.lay, self.cfg.layers
-        self.caches = new_caches(self.model, lay, seed)
+        if self.caches_seed != seed:  # built once per seed, rewound at every step (emu.microbatch.rewind)
+            self.caches, self.caches_seed = new_caches(self.model, lay, seed), seed
+        rewind(self.caches, lay)
         self.pattern = pattern
         self.mbs = [MBState(x_TD=x_TD.index_select(0, host_to(mb.tokens_T, x_TD.device))) for mb in lay.micro_batches]
         self.next_key = 0

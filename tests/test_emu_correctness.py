@@ -78,7 +78,7 @@ def cases(ranks: int, quick: bool = False) -> list[tuple[str, list[str]]]:
                            f"workload.routing.trace={EXAMPLE_TRACE}"]),
             ("decode/gate", c + ["placement.strategy=contiguous", "workload.phase=decode",
                                  "workload.routing.distribution=gate", "workload.context_len=16",
-                                 "schedule.micro_batches=2"])]
+                                 "schedule.micro_batches=2", "workload.steps=2"])]  # step 2: rewound caches
     return [c for c in out if c[0] in QUICK] if quick else out
 
 

@@ -17,8 +17,9 @@ Each operation (moe.model.shapes.OPS) is timed the way a runtime calls it, at a 
   shared             Block.shared_forward on T tokens
   dense              the runtime's dense span: ffn_input, dense_forward and the residual add
   combine            summing a micro-batch's returned rows into its T tokens, plus residual and shared
-  kv_setup.prefill   building the KV caches of a step of T prompt tokens (context 0), per layer
-  kv_setup.decode    the same for T sequences of S cached tokens (KV_LAYERS layers built together)
+  kv_setup.prefill   a step's KV caches of T prompt tokens (context 0) made ready, per layer: the runtime
+                     builds them once per job and rewinds them at each step (emu.microbatch.rewind)
+  kv_setup.decode    the same for T sequences of S cached tokens (KV_LAYERS layers together)
 dispatch, expert, combine and kv_setup are the runtime's protocol code, which moe never imports: the
 runtime passes them in as `RuntimeOps` (emu.calibrate builds them from emu.dispatch); without them the
 expert op times Block.expert_forward on FP8 rows and the others are skipped. The routing of dispatch and
