@@ -62,10 +62,18 @@ def abort_on_error(transport: Transport, backend: str = "emu") -> Iterator[None]
         transport.abort(1)
 
 
+ERRORS_ENV = "MOETB_RANK_ERRORS"
+"""A file the launcher names (emu.launch): a failing rank appends its error line there too."""
+
+
 def _report(transport: Transport, err: BaseException | None, backend: str = "emu") -> None:
     name = type(err).__name__ if err is not None else "error"
-    print(f"moetb {backend}: rank {transport.rank} of {transport.size} failed: {name}: {err}", file=sys.stderr,
-          flush=True)
+    line = f"moetb {backend}: rank {transport.rank} of {transport.size} failed: {name}: {err}"
+    print(line, file=sys.stderr, flush=True)
+    path = os.environ.get(ERRORS_ENV)
+    if path:
+        with open(path, "a") as f:  # one short append: whole lines from concurrent ranks
+            f.write(line.replace("\n", " ") + "\n")
     if os.environ.get("MOETB_DEBUG"):
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()

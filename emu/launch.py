@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from emu.faults import ERRORS_ENV
 from moe.errors import BackendUnavailable, RunFailure
 from moe.spec import scenario_dict
 from moe.spec.loader import self_contained
@@ -88,14 +89,20 @@ def child_env() -> dict:
 
 
 def _run_child(cmd: list[str], env: dict, timeout_s: float | None, what: str) -> None:
-    try:
-        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise RunFailure(f"emu: {what} with {cmd[2]} ranks did not finish within {timeout_s:g} s") from None
-    if proc.returncode != 0:
-        raise RunFailure(f"emu: {what} with {cmd[2]} ranks failed (mpiexec exit {proc.returncode}); the "
-                         "failing rank's error is printed above")
+    """Run the job; a failed one raises RunFailure naming the first failing rank's error, which the ranks
+    also append to the file named by ERRORS_ENV (emu.faults: mpiexec forwards a rank's stderr
+    asynchronously, and MPI_Abort can end the forwarding before the rank's last line is out)."""
+    with tempfile.TemporaryDirectory(prefix="moetb-emu-errors-") as tmp:
+        errors = Path(tmp) / "errors.txt"
+        try:
+            proc = subprocess.run(cmd, env={**env, ERRORS_ENV: str(errors)}, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RunFailure(f"emu: {what} with {cmd[2]} ranks did not finish within {timeout_s:g} s") from None
+        if proc.returncode != 0:
+            first = errors.read_text().splitlines()[:1] if errors.exists() else []
+            why = f": {first[0]}" if first else "; the failing rank's error is printed above"
+            raise RunFailure(f"emu: {what} with {cmd[2]} ranks failed (mpiexec exit {proc.returncode}){why}")
 
 
 def launch_run(scenario: Scenario, ranks: int, timeout_s: float | None = None):
