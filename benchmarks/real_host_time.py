@@ -1,0 +1,105 @@
+"""Host time of the runtime's own calls (transport, protocol, event loop), one process per GPU.
+
+    torchrun --nproc-per-node 4 benchmarks/real_host_time.py exchange --out results/host_time
+    torchrun --nproc-per-node 4 benchmarks/real_host_time.py run SPEC --out results/host_time
+    torchrun --nproc-per-node 2 benchmarks/real_host_time.py exchange --quick --out /tmp/host_time  # CPU, gloo
+
+Wraps the calls below with host timers (time.perf_counter around each call; no synchronization added),
+then runs either `real_perf.py`'s exchange measurement (one MoE layer's dispatch + combine of every
+micro-batch through both transports, no compute) or a whole `moetb run SPEC --backend real`. Each rank
+writes OUT/host_<what>_<rank>.txt: per call, count, median, 90th percentile, max and total over the
+second half of the calls (the first half holds warm-up and connection set-up). On a GPU the host only
+enqueues work, so these are the costs the device waits for when the host is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch.distributed as dist  # noqa: E402
+
+from emu import dispatch as dp  # noqa: E402
+from emu import runtime as er  # noqa: E402
+from real import transport as rt  # noqa: E402
+
+TIMES: dict[str, list[float]] = {}
+WRAPPED = [(dist, "all_to_all_single"), (dist, "batch_isend_irecv"), (rt, "poll_until"),
+           (rt.RealTransport, "exchange_counts"), (rt.RealTransport, "_issue"), (rt.RealTransport, "ready"),
+           (rt.RealTransport, "test_some"), (dp, "plan_dispatch"), (dp, "pack_rows"), (dp, "post_dispatch"),
+           (dp, "post_receives"), (dp, "post_result_receives"), (dp, "send_results"), (dp, "compute_shard"),
+           (dp, "combine_rows"), (er, "planned_weights")] + \
+    [(er.RankRuntime, m) for m in ("step", "_layer_front", "_compute_one_shard", "_combine_ready", "_block")]
+
+
+def timed(owner, name: str) -> None:
+    fn = getattr(owner, name)
+    label = f"{getattr(owner, '__name__', owner)}.{name}"
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TIMES.setdefault(label, []).append(time.perf_counter() - start)
+
+    setattr(owner, name, wrapper)
+
+
+def table() -> str:
+    lines = [f"{'call':45s} {'n':>6s} {'median ms':>10s} {'p90 ms':>9s} {'max ms':>9s} {'total ms':>10s}"]
+    for label, all_s in sorted(TIMES.items(), key=lambda kv: -sum(kv[1][len(kv[1]) // 2:])):
+        half = sorted(all_s[len(all_s) // 2:] or all_s)
+        lines.append(f"{label:45s} {len(all_s):6d} {statistics.median(half) * 1e3:10.3f} "
+                     f"{half[int(0.9 * (len(half) - 1))] * 1e3:9.3f} {half[-1] * 1e3:9.3f} {sum(half) * 1e3:10.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("exchange", "run"))
+    p.add_argument("spec", nargs="?", help="scenario YAML (run)")
+    p.add_argument("--out", required=True, help="folder for the per-rank tables")
+    p.add_argument("--quick", action="store_true", help="exchange: the tiny model over gloo (CPU)")
+    args = p.parse_args()
+    if args.what == "run" and not args.spec:
+        p.error("run needs a scenario file")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for owner, name in WRAPPED:
+        timed(owner, name)
+    if args.what == "exchange":
+        import real_perf
+
+        bench = real_perf.Bench(argparse.Namespace(quick=args.quick, spec=None, set=[], warmup=3, repeats=10,
+                                                   ranks=int(os.environ.get("WORLD_SIZE", "1"))))
+        TIMES.clear()  # model building and group set-up are not the exchange's
+        real_perf.measure_exchange(bench)
+        rank = bench.rank
+        bench.sync()
+        real_perf.rdist.finish()
+        rt.forget_process_groups()
+    else:
+        from moe.cli.main import main as cli
+
+        cli(["run", args.spec, "--backend", "real", "--out", str(out / f"run_{Path(args.spec).stem}")])
+        rank = int(os.environ.get("RANK", "0"))
+    name = "exchange" if args.what == "exchange" else Path(args.spec).stem
+    (out / f"host_{name}_{rank}.txt").write_text(table())
+    if rank == 0:
+        print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
