@@ -119,6 +119,14 @@ def osu_bw_GBps(comm, nbytes: int, iters: int) -> float:
             MPI.Request.Waitall([comm.Irecv(p, 0, 7) for p in parts])
             comm.Send(ack, 0, 8)
 
+    return window_rate_GBps(comm, one, nbytes, iters)
+
+
+def window_rate_GBps(comm, one, nbytes: int, iters: int) -> float:
+    """Bytes per second of `one()` (a window of WINDOW messages of nbytes each way): two warm-up calls, a
+    barrier, then `iters` timed calls."""
+    from mpi4py import MPI
+
     for _ in range(2):
         one()
     comm.Barrier()
@@ -142,13 +150,7 @@ def osu_bibw_GBps(comm, nbytes: int, iters: int) -> float:
             reqs += [comm.Isend(send, peer, 9) for _ in range(WINDOW)]
             MPI.Request.Waitall(reqs)
 
-    for _ in range(2):
-        one()
-    comm.Barrier()
-    start = MPI.Wtime()
-    for _ in range(iters):
-        one()
-    return nbytes * WINDOW * iters / (MPI.Wtime() - start) / 1e9
+    return window_rate_GBps(comm, one, nbytes, iters)
 
 
 def iters_for(nbytes: int, quick: bool) -> int:
