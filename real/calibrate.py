@@ -4,8 +4,9 @@
 
 What is measured (timing discipline: warm-up, synchronize, CUDA events, median of repeats):
 - the FP8 GEMMs the models run (`moe.model.shapes`: attention projections, dense FFN and routed experts of
-  the `paper` and `deepseek-v3` presets) at a grid of row counts, through `moe.model.linear.fp8_linear`
-  exactly as the model calls it -> `gemm_table`; every rank measures its own GPU and the median is kept;
+  the `paper` and `deepseek-v3` presets, and of the `--scenario` models) at a grid of row counts, through
+  `moe.model.linear.fp8_linear` exactly as the model calls it -> `gemm_table`; every rank measures its own
+  GPU and the median is kept;
 - HBM bandwidth from a device-to-device copy (bytes read + written) -> `hbm_GBps`;
 - host launch cost of a minimal kernel -> `launch_overhead_us`;
 - NCCL `all_to_all_single` bus bandwidth (busbw = algbw (n-1)/n, nccl-tests' definition) and a
@@ -47,13 +48,12 @@ MODELS = ("paper", "deepseek-v3")
 EXCHANGE_TIMEOUT_S = 120.0
 
 
-def gemm_shapes(models: tuple[str, ...] = MODELS) -> list[tuple[int, int]]:
+def gemm_shapes(models: Sequence[Model]) -> list[tuple[int, int]]:
     """Distinct FP8 weight shapes (K, N) of one layer of each model: projections, FFNs and experts."""
     from moe.model.shapes import attention_gemms, expert_gemms, ffn_gemms
 
     shapes: set[tuple[int, int]] = set()
-    for name in models:
-        m = Model.model_validate({**load_preset("model", name), "preset": name})
+    for m in models:
         for g in attention_gemms(m, 128) + ffn_gemms(m, 128, moe=False) + expert_gemms(m, 128):
             if g.dtype == "fp8" and g.batch == 1:
                 shapes.add((g.k, g.n))
@@ -78,7 +78,7 @@ def cuda_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def measure_gemms(rows: tuple[int, ...], repeats: int) -> list[dict]:
+def measure_gemms(models: Sequence[Model], rows: tuple[int, ...], repeats: int) -> list[dict]:
     """TFLOP/s of fp8_linear for every (rows, K, N); inputs arrive as FP8 payload + scales (the wire)."""
     import torch
 
@@ -87,7 +87,7 @@ def measure_gemms(rows: tuple[int, ...], repeats: int) -> list[dict]:
 
     dev = torch.device("cuda", torch.cuda.current_device())
     out = []
-    for k, n in gemm_shapes():
+    for k, n in gemm_shapes(models):
         w = Fp8Weight(*quantize_weight(torch.randn(n, k, device=dev) * 0.02))
         for m in rows:
             x = quantize_act(torch.randn(m, k, device=dev, dtype=torch.bfloat16))
@@ -357,17 +357,19 @@ def _median_table(tables: list[list[dict]]) -> list[dict]:
 
 def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | None:
     """Every rank of the job measures; rank 0 returns the profile mapping, the others None. `scenarios`:
-    the op table covers these scenario files' models (and wire dtypes) instead of MODELS."""
+    the op table covers these scenario files' models (and wire dtypes) instead of MODELS, and the GEMM
+    table their shapes besides MODELS'."""
     import torch
     import torch.distributed as dist
 
     rows, sizes, reps = (ROWS_QUICK, BYTES_QUICK, 5) if quick else (ROWS_FULL, BYTES_FULL, 20)
-    gemms = measure_gemms(rows, reps)
-    tables = [None] * dist.get_world_size()
-    dist.all_gather_object(tables, gemms)
     chosen = load_scenarios(scenarios)
     models = scenario_models(chosen) if chosen else preset_models()
     grid = scenario_grid(chosen) if chosen else op_grid(quick)
+    # the presets' shapes always (the best of them is the roofline's peak), the scenarios' too
+    gemms = measure_gemms([m for m, _ in preset_models() + models], rows, reps)
+    tables = [None] * dist.get_world_size()
+    dist.all_gather_object(tables, gemms)
     ops = measure_ops(models, grid, reps)
     op_runs = [None] * dist.get_world_size()
     dist.all_gather_object(op_runs, ops)
