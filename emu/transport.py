@@ -38,12 +38,16 @@ from moe.errors import RunFailure
 
 T = TypeVar("T")
 
-SPIN_S = 5e-3
+SPIN_S = 2e-4
 """How long a waiting rank polls without sleeping (yielding the core between polls). MPI libraries move
 large messages only inside their calls (the progress engine), so a sleeping rank stalls its transfers;
-spinning keeps them moving and latency low when every rank has a core. After SPIN_S the rank sleeps, which
-frees the core when ranks are oversubscribed (16 ranks on 2 cores) or a peer is slow. (Yielding between
-polls instead measured 2-5x slower exchanges on a loaded host: a yield gives up a whole time slice.)"""
+spinning keeps them moving and latency low. After SPIN_S the rank sleeps, which frees the core when ranks
+are oversubscribed (16 ranks on 2 cores) or a peer is slow. (Yielding between polls instead measured 2-5x
+slower exchanges on a loaded host: a yield gives up a whole time slice.) Measured on the 2-core CI box,
+2 ranks (`benchmarks/emu_exchange.py`, `tiny` prefill steps): spinning 5 ms slowed the other rank's
+compute by about a third (a 256-token step 80 ms against 54 ms with 0.2 ms), while 0.2 ms kept the 1 MB
+exchange at the 5 ms figure (37% of OSU) and the 4 MB one within 10% of it; not spinning at all lost a
+third of the 4 MB exchange's median bandwidth."""
 SLEEP_MIN_S = 20e-6
 SLEEP_MAX_S = 1e-3
 """Sleep between polls grows geometrically from SLEEP_MIN_S to SLEEP_MAX_S while nothing completes, so an

@@ -148,6 +148,10 @@ class Group:
 
 class RealTransport(Transport):
     grouped = True
+    spin_s = 5e-3
+    """A GPU rank's host busy-polls its waits (the counts) this long: its device computes meanwhile, and
+    sleeping would add wake-up latency to every exchange (emu.transport.SPIN_S is shorter because there
+    the spinning core is a computing core's neighbour)."""
 
     def __init__(self, groups: Groups, mode: str, device: torch.device, timeout_s: float,
                  stream_ordered: bool | None = None):
