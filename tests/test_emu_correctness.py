@@ -130,21 +130,22 @@ def check_case(comm, overrides: list[str]) -> dict:
 
 
 def layer_errors(s, job, ref_model, pattern: int) -> float:
-    """Largest relative Frobenius error of one layer: the reference block applied to the emulator's own
-    input of that layer, against the emulator's output of it."""
+    """Largest relative Frobenius error of one layer: the reference block applied to the run's own input of
+    that layer, against the run's output of it, on the job's device (the real backend's test uses it too)."""
     import torch
 
     from emu.job import inputs
     from emu.microbatch import full_caches
 
-    lay = job.layout
+    lay, dev = job.layout, job.device
+
     def assemble(parts):
-        out = torch.empty(s.workload.tokens_per_gpu, s.model.hidden, dtype=parts[0].dtype)
+        out = torch.empty(s.workload.tokens_per_gpu, s.model.hidden, dtype=parts[0].dtype, device=dev)
         for mb, part in zip(lay.micro_batches, parts, strict=True):
-            out[mb.tokens_T] = part
+            out[mb.tokens_T.to(dev)] = part
         return out
 
-    x_TD = inputs(s, pattern, job.tr.rank, job.tr.size, "cpu")
+    x_TD = inputs(s, pattern, job.tr.rank, job.tr.size, dev)
     caches = full_caches(ref_model, lay, s.seed)
     worst = 0.0
     with torch.inference_mode():
@@ -153,7 +154,7 @@ def layer_errors(s, job, ref_model, pattern: int) -> float:
             kw = {}
             if j >= 0:
                 r = job.plan.routing_PJ[pattern][j]
-                kw = {"ids_TK": r.ids_TK, "keep_TK": torch.from_numpy(r.keep_TK)}
+                kw = {"ids_TK": r.ids_TK, "keep_TK": torch.from_numpy(r.keep_TK).to(dev)}
             ref_TD = block(x_TD, caches[layer], ids_TK=kw.get("ids_TK"), keep_TK=kw.get("keep_TK"),
                            wire=(s.schedule.dispatch_dtype, s.schedule.combine_dtype))
             got_TD = assemble(job.runtime.layer_outputs[layer])

@@ -29,7 +29,7 @@ CHILD_PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTH
 """Children import this checkout first, then whatever the parent could import."""
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_emu_correctness import BASE, FROB_TOL, LAYER_TOL, MAX_TOL, cases  # noqa: E402
+from test_emu_correctness import BASE, FROB_TOL, LAYER_TOL, MAX_TOL, cases, layer_errors  # noqa: E402
 
 REAL = {"warmup": 0, "repeats": 1, "timeout_s": 60.0}
 VARIANTS = {"p2p/host": ("p2p", False), "all_to_all/host": ("all_to_all", False),
@@ -76,40 +76,6 @@ def model_for(s, experts, device):
     if key not in _MODELS:  # models are shared by the cases of one model (building dominates)
         _MODELS[key] = from_scenario(s, experts=experts, device=device)
     return _MODELS[key]
-
-
-def layer_errors(s, job, ref_model, pattern: int) -> float:
-    """Largest relative Frobenius error of one layer: the reference block on the run's own input of that
-    layer, against the run's output of it (as the emulator's test, on the job's device)."""
-    import torch
-
-    from emu.job import inputs
-    from emu.microbatch import full_caches
-
-    lay, dev = job.layout, job.device
-
-    def assemble(parts):
-        out = torch.empty(s.workload.tokens_per_gpu, s.model.hidden, dtype=parts[0].dtype, device=dev)
-        for mb, part in zip(lay.micro_batches, parts, strict=True):
-            out[mb.tokens_T.to(dev)] = part
-        return out
-
-    x_TD = inputs(s, pattern, job.tr.rank, job.tr.size, dev)
-    caches = full_caches(ref_model, lay, s.seed)
-    worst = 0.0
-    with torch.inference_mode():
-        for layer, block in enumerate(ref_model.blocks):
-            j = layer - s.model.dense_layers
-            kw = {}
-            if j >= 0:
-                r = job.plan.routing_PJ[pattern][j]
-                kw = {"ids_TK": r.ids_TK, "keep_TK": torch.from_numpy(r.keep_TK).to(dev)}
-            ref_TD = block(x_TD, caches[layer], ids_TK=kw.get("ids_TK"), keep_TK=kw.get("keep_TK"),
-                           wire=(s.schedule.dispatch_dtype, s.schedule.combine_dtype))
-            got_TD = assemble(job.runtime.layer_outputs[layer])
-            worst = max(worst, float((got_TD.float() - ref_TD.float()).norm() / ref_TD.float().norm()))
-            x_TD = got_TD
-    return worst
 
 
 def check_case(tr, overrides: list[str]) -> dict:
