@@ -51,14 +51,14 @@ def abort_on_error(transport: Transport, backend: str = "emu") -> Iterator[None]
     except SpecError:
         if transport.size == 1:
             raise
-        _report(transport, sys.exc_info()[1], backend)
+        report_failure(transport, sys.exc_info()[1], backend)
         transport.abort(2)
     except BaseException as err:  # noqa: B902 - every failure, KeyboardInterrupt included, ends the job
         if transport.size == 1:
             if isinstance(err, RunFailure | KeyboardInterrupt):
                 raise
             raise RunFailure(f"{backend}: rank 0 of 1 failed: {type(err).__name__}: {err}") from err
-        _report(transport, err, backend)
+        report_failure(transport, err, backend)
         transport.abort(1)
 
 
@@ -66,7 +66,7 @@ ERRORS_ENV = "MOETB_RANK_ERRORS"
 """A file the launcher names (emu.launch): a failing rank appends its error line there too."""
 
 
-def _report(transport: Transport, err: BaseException | None, backend: str = "emu") -> None:
+def report_failure(transport: Transport, err: BaseException | None, backend: str = "emu") -> None:
     name = type(err).__name__ if err is not None else "error"
     line = f"moetb {backend}: rank {transport.rank} of {transport.size} failed: {name}: {err}"
     print(line, file=sys.stderr, flush=True)
