@@ -30,6 +30,7 @@ import torch.distributed as dist  # noqa: E402
 
 from emu import dispatch as dp  # noqa: E402
 from emu import runtime as er  # noqa: E402
+from moe.model.layer import Block  # noqa: E402
 from real import transport as rt  # noqa: E402
 
 TIMES: dict[str, list[float]] = {}
@@ -38,7 +39,9 @@ WRAPPED = [(dist, "all_to_all_single"), (dist, "batch_isend_irecv"), (rt, "poll_
            (rt.RealTransport, "test_some"), (dp, "plan_dispatch"), (dp, "pack_rows"), (dp, "post_dispatch"),
            (dp, "post_receives"), (dp, "post_result_receives"), (dp, "send_results"), (dp, "compute_shard"),
            (dp, "combine_rows"), (er, "planned_weights")] + \
-    [(er.RankRuntime, m) for m in ("step", "_layer_front", "_compute_one_shard", "_combine_ready", "_block")]
+    [(er.RankRuntime, m) for m in ("step", "_layer_front", "_compute_one_shard", "_combine_ready", "_block",
+                                   "_take_completions", "_finish_layer", "_start_ready")] + \
+    [(Block, m) for m in ("attention", "ffn_input", "expert_forward", "shared_forward", "dense_forward")]
 
 
 def timed(owner, name: str) -> None:

@@ -62,20 +62,30 @@ def gemm_shapes(models: Sequence[Model]) -> list[tuple[int, int]]:
 
 def cuda_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     """Median seconds of fn() by CUDA events, each call on an idle GPU, after `warmup` calls."""
+    return cuda_times_s(fn, warmup, repeats)[0]
+
+
+def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, float]:
+    """(device, host) median seconds of fn(), each call on an idle GPU, after `warmup` calls: CUDA events
+    around the call, and the host clock from the call to its return (issuing its kernels)."""
+    import time
+
     import torch
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    samples = []
+    samples, host = [], []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t0 = time.perf_counter()
         fn()
+        host.append(time.perf_counter() - t0)
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(samples)
+    return statistics.median(samples), statistics.median(host)
 
 
 def measure_gemms(models: Sequence[Model], rows: tuple[int, ...], repeats: int) -> list[dict]:
@@ -177,7 +187,7 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[di
         if not todo:
             continue
         seen.update((op, op_signature(m, op, wire)) for op in todo)
-        out += measure(m, lambda fn: cuda_time_s(fn, warmup=2, repeats=repeats), grid, device=dev,
+        out += measure(m, lambda fn: cuda_times_s(fn, warmup=2, repeats=repeats), grid, device=dev,
                        ops=runtime_ops(dev, wire, host_wire=False), ranks=dist.get_world_size(), wire=wire,
                        only=todo)
         torch.cuda.empty_cache()
@@ -406,6 +416,6 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
         "comm_copy_GBps": 0.0,  # NCCL's copies are inside the measured link bandwidth
         "alltoall_curve": a2a,
         "p2p_curve": p2p,
-        "op_table": [{**p, "s": statistics.median(r[i]["s"] for r in op_runs)} for i, p in enumerate(op_runs[0])]
-        + exchange,
+        "op_table": [{**p, **{k: statistics.median(r[i][k] for r in op_runs) for k in ("s", "host_s") if k in p}}
+                     for i, p in enumerate(op_runs[0])] + exchange,
     }

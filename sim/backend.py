@@ -28,7 +28,7 @@ from moe.spec.loader import scenario_dict
 from moe.spec.schema import Scenario
 from moe.topology import LINK_KINDS, build_topology
 from moe.traffic import compute_traffic
-from sim.costs import expert_s, layer_costs, micro_batches, setup_s
+from sim.costs import expert_issue_s, expert_s, layer_costs, micro_batches, setup_s
 from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming, phase_input, solve_phase
 from sim.reduce import StepFacts, reduce_result, reduce_trace
@@ -77,7 +77,8 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
     grouped: arrival chunks i..j-1 as one task, each slot running the chunks' share of its rows;
     messages: the GPU's own rows alone (its share of every slot's rows), and each other source's rows
     as one task per source (one expert call per slot per source, as the runtime computes a shard),
-    spread over the remote arrival chunks by their token share. Both: every row at once (no overlap)."""
+    spread over the remote arrival chunks by their token share. Both: every row at once (no overlap).
+    host_G: the host's cost of issuing those expert calls (sim.costs.expert_issue_s)."""
     g = traffic.topology.gpus
     slot_GS = traffic.slot_tokens_X.reshape(g, -1).astype(np.float64) / micro_batches
     share_GC = timing.share_GC
@@ -89,7 +90,7 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
         for i in range(chunks):
             for j in range(i + 1, chunks + 1):
                 runs[:, i, j] = expert_s(s, slot_GS * (cum_GC1[:, j] - cum_GC1[:, i])[:, None])
-        return ExpertWork(runs_GCC1=runs, whole_G=whole)
+        return ExpertWork(runs_GCC1=runs, whole_G=whole, host_G=expert_issue_s(s, slot_GS))
     pair_GG = traffic.pair_tokens_GG.astype(np.float64)
     frac_GG = pair_GG / np.maximum(pair_GG.sum(axis=0), 1e-300)[None, :]  # [src, dst]: share of dst's rows
     per_src_GG = np.stack([expert_s(s, slot_GS * frac_GG[src][:, None]) for src in range(g)])
@@ -98,7 +99,8 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
     for i in range(chunks):
         for j in range(i + 1, chunks + 1):
             runs[:, i, j] = remote * (cum_GC1[:, j] - cum_GC1[:, i])
-    return ExpertWork(runs_GCC1=runs, whole_G=whole, local_G=local)
+    host = sum(expert_issue_s(s, slot_GS * frac_GG[src][:, None]) for src in range(g))
+    return ExpertWork(runs_GCC1=runs, whole_G=whole, local_G=local, host_G=np.asarray(host, dtype=np.float64))
 
 
 def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:

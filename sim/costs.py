@@ -24,17 +24,18 @@ L_i new tokens after P cached ones sees P + (L_i + 1) / 2 keys per query on aver
 scaled by that over S_i). Decode: one new token per sequence over context_len cached tokens; the time is
 the larger of the flops at the GEMM rate and the cache bytes at HBM bandwidth.
 Host and device: on a GPU the runtime's host issues every kernel, plans the dispatch in numpy and posts
-the exchange. Where calibration measured that bookkeeping (op `exchange`), a MoE layer's front is timed on
-both (`layer_costs`): the stream idles for whatever of the host's path its work does not cover, which is
-what makes small token counts host-bound. Other host work (result sends, the combine's bookkeeping, the
-per-expert loop) is not modelled.
+the exchange, running ahead of the device, which cannot start work before it is issued. Where
+calibration measured the host's side (op `exchange`, the bookkeeping of one exchange, and each op's
+`host_s`, the host time of issuing it), every task also carries its issue cost (`LayerCosts.host_*`,
+`expert_issue_s`) and the executor runs the host as a second resource of each GPU (sim.executor): small
+token counts, and many experts per GPU on small shards, are host-bound.
 Left out of the physics: the embedding lookup and the output head, norms inside attention, and the
 runtime's per-step KV cache setup (a serving system keeps its caches; the table measures the runtime's).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,7 +44,7 @@ from moe.spec import sizes
 from moe.spec.schema import Cluster, Model, Scenario
 from moe.spec.sizes import expert_weight_bytes
 from sim.gemm import DTYPE_BYTES, gemm_time_s, memory_time_s
-from sim.optable import op_floor_s, op_time_s
+from sim.optable import has_op, op_issue_s, op_time_s
 
 BF16 = DTYPE_BYTES["bf16"]
 F32 = 4
@@ -269,22 +270,27 @@ def pack_physics_s(s: Scenario, tokens: float) -> float:
     return float(memory_time_s(s.cluster, tokens * s.model.hidden * (BF16 + send * (1 + scales))))
 
 
-def host_path_s(s: Scenario, mb: MicroBatch) -> float | None:
-    """The host's time from a MoE layer's front to the posted dispatch, where the table measured the
-    exchange's bookkeeping (`exchange`, host clock; None otherwise): issuing attention and the gate (their
-    least measured times: `sim.optable.op_floor_s`, the fixed cost of issuing their kernels), the
-    `dispatch` op as measured (planning the send order in numpy and issuing the pack: host work at every
-    size, the pack's own memory traffic is a small part of it), then the bookkeeping. Not under attention
-    TP (the table is measured without it)."""
-    if s.parallel.attention_tp != 1 or not s.model.moe_layers or mb.tokens <= 0:
-        return None
-    exchange = measured(s, shapes.EXCHANGE, mb.tokens)
-    plan = measured(s, "dispatch", mb.tokens)
-    if exchange is None or plan is None:
-        return None
-    att = "attention.decode" if s.workload.phase == "decode" else "attention.prefill"
-    floors = [op_floor_s(s.cluster, op, shapes.op_signature(s.model, op, wire(s))) for op in (att, "gate")]
-    return sum(f for f in floors if f is not None) + plan + exchange
+def host_model(s: Scenario) -> bool:
+    """Whether the host is simulated: the table measured the exchange's bookkeeping (GPU calibrations) and
+    the scenario runs as the table was measured (no attention TP)."""
+    return s.parallel.attention_tp == 1 and bool(s.model.moe_layers) \
+        and has_op(s.cluster, shapes.EXCHANGE, shapes.op_signature(s.model, shapes.EXCHANGE, wire(s)))
+
+
+def issue_s(s: Scenario, op: str, tokens, context: float = 0.0):
+    """Host seconds of issuing `op` (sim.optable.op_issue_s: measured `host_s`, else the op's floor); 0
+    where the table has no such op."""
+    t = op_issue_s(s.cluster, op, shapes.op_signature(s.model, op, wire(s)), tokens, context)
+    return 0.0 if t is None else t
+
+
+def expert_issue_s(s: Scenario, rows_per_slot) -> np.ndarray:
+    """Host seconds of a shard task's loop over the GPU's slots (last axis): one expert call issued per slot
+    with rows; 0 outside the host model."""
+    r = np.asarray(rows_per_slot, dtype=np.float64)
+    if not host_model(s):
+        return np.zeros(r.shape[:-1])
+    return np.where(r > 0, issue_s(s, "expert", r), 0.0).sum(axis=-1)
 
 
 def setup_s(s: Scenario) -> float:
@@ -297,7 +303,8 @@ def setup_s(s: Scenario) -> float:
 
 @dataclass(frozen=True)
 class LayerCosts:
-    """Per-GPU compute seconds of one micro-batch of `tokens` tokens in one layer."""
+    """Per-GPU compute seconds of one micro-batch of `tokens` tokens in one layer, and the host seconds of
+    issuing each task (0 outside the host model)."""
 
     tokens: float
     attention_s: float
@@ -307,23 +314,33 @@ class LayerCosts:
     shared_expert_s: float
     pack_s: float = 0.0
     combine_sum_s: float = 0.0
-    host_stall_s: float = 0.0
-    """MoE layers: the compute stream idle while the host plans and posts the dispatch (`layer_costs`)."""
+    host_attention_s: float = 0.0
+    host_dense_s: float = 0.0
+    host_front_s: float = 0.0
+    """MoE layers after attention: the gate and the dispatch (planning in numpy, issuing the pack)."""
+    host_exchange_s: float = 0.0
+    """The exchange's bookkeeping (counts round trip, posting the collectives: op `exchange`)."""
+    host_shared_s: float = 0.0
+    host_combine_s: float = 0.0
 
 
 def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> LayerCosts:
     """Costs of micro-batch `mb`; `returned_rows`: rows its combine sums (physics of the combine).
 
-    With the host's path measured (`host_path_s`), a MoE layer's front is two resources: the device runs
-    attention, the gate and the pack (its memory traffic, `pack_physics_s`) while the host issues them,
-    plans and posts; the stream then idles for what is left of the host's path:
-        host_stall_s = max(0, host_path_s - (attention + gate + pack))
-    Without it the `dispatch` op's measured time is the pack's and the host is assumed to keep up."""
+    In the host model (`host_model`) the `dispatch` op's measured time is mostly the host's planning, so
+    the device's part of it is the pack's memory traffic (`pack_physics_s`) and the planning is in
+    host_front_s; without it the measured time is the pack's and the host is assumed to keep up."""
     t = mb.tokens
-    att, gate = attention_s(s, mb), gate_s(s, t)
-    host = host_path_s(s, mb)
-    pack = pack_s(s, t) if host is None else pack_physics_s(s, t)
-    stall = 0.0 if host is None else max(0.0, host - (att + gate + pack))
-    return LayerCosts(tokens=t, attention_s=att, attention_tp_comm_s=attention_tp_comm_s(s, t), gate_s=gate,
-                      dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t), pack_s=pack,
-                      combine_sum_s=combine_sum_s(s, t, returned_rows), host_stall_s=stall)
+    host = host_model(s)
+    costs = LayerCosts(tokens=t, attention_s=attention_s(s, mb), attention_tp_comm_s=attention_tp_comm_s(s, t),
+                       gate_s=gate_s(s, t), dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t),
+                       pack_s=pack_physics_s(s, t) if host else pack_s(s, t),
+                       combine_sum_s=combine_sum_s(s, t, returned_rows))
+    if not host or t <= 0:
+        return costs
+    att = "attention.decode" if s.workload.phase == "decode" else "attention.prefill"
+    return replace(costs, host_attention_s=issue_s(s, att, t, mb.keys), host_dense_s=issue_s(s, "dense", t),
+                   host_front_s=issue_s(s, "gate", t) + issue_s(s, "dispatch", t),
+                   host_exchange_s=measured(s, shapes.EXCHANGE, t) or 0.0,
+                   host_shared_s=issue_s(s, "shared", t) if s.model.shared_experts else 0.0,
+                   host_combine_s=issue_s(s, "combine", t))

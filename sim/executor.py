@@ -4,9 +4,9 @@ Each GPU has a compute stream and a communication engine. A GPU's process is the
 (emu/runtime.py): whenever its stream is free it starts the most urgent runnable task, and when nothing
 is runnable it sleeps until something lands. Tasks of micro-batch i at layer l:
   front     attention (+ TP collectives); then, in a dense layer, the dense FFN (the layer is done), in a
-            MoE layer the gate and the packing of the dispatch (and the stream's idle wait for the host's
-            planning and posting, `LayerCosts.host_stall_s`), which is posted at its end (the GPU joins
-            the dispatch collective), then the shared expert while the shards travel;
+            MoE layer the gate and the packing of the dispatch, which is posted at its end (the GPU joins
+            the dispatch collective) once the host has planned and posted it, then the shared expert
+            while the shards travel;
   shards    routed-expert work on rows that have landed (below);
   combine   once the combine's results are all in: the sum into the tokens; the layer is done.
 Order of urgency, by `runtime` (the plan's, from sim.runtime):
@@ -22,6 +22,10 @@ Switches, as the runtime reads them:
                          exchange is open) and a layer's shards computed at once, after all have landed;
   layer_pipeline false   a micro-batch starts layer l + 1 only when every micro-batch finished layer l;
   chunked prefill        micro-batch i runs a layer's attention only after micro-batch `after[i]` did.
+The host (sim.costs' host model): each GPU's host issues the tasks in the order its stream runs them, each
+taking its issue cost (`LayerCosts.host_*`, `ExpertWork.host_G`) from the end of the previous one; a
+task's work on the stream cannot end before its issue, and the stream idles (Op.HOST) until then. Without
+the host model the costs are 0 and the host always keeps up.
 Dispatch and combine are collectives over every GPU: one starts at the latest GPU's ready time, once
 every comm engine is free, plus its sync; each GPU's part then takes its solved offsets (sim.network).
 SimPy events per GPU per layer and micro-batch: one per task that takes time, and a wake-up when a
@@ -56,6 +60,8 @@ class ExpertWork:
     local_G: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """messages: the GPU's own rows, ready when it posts them (the chunks then hold only remote rows);
     empty in grouped mode, where the chunks hold them."""
+    host_G: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Host seconds of issuing one micro-batch's expert calls on each GPU (empty: none)."""
 
 
 @dataclass(frozen=True)
@@ -92,19 +98,21 @@ class _Pending:
 class _Ex:
     """A (layer, micro-batch) exchange on one GPU, from its post until its combine is summed."""
 
-    __slots__ = ("chunk", "done", "layer", "local", "mb", "pattern", "post")
+    __slots__ = ("chunk", "done", "issued", "layer", "local", "mb", "pattern", "post")
 
     def __init__(self, layer: int, mb: int, pattern: int, post: float, local: bool):
         self.layer, self.mb, self.pattern, self.post = layer, mb, pattern, post
         self.chunk = 0  # arrival chunks computed
         self.local = local  # own rows still to compute (messages)
         self.done = False  # every shard computed and the combine joined
+        self.issued = False  # the host issued its expert calls (with its first shard task)
 
 
 class _GpuState:
     """One GPU's view of its micro-batches (the runtime's loop state)."""
 
-    __slots__ = ("after", "att_done", "busy_until", "ex_of", "first_moe", "g", "layer", "n_layers", "next_key")
+    __slots__ = ("after", "att_done", "busy_until", "ex_of", "first_moe", "g", "host_t", "layer", "n_layers",
+                 "next_key")
 
     def __init__(self, g: int, plan: StepPlan):
         n_mb = plan.micro_batches
@@ -117,6 +125,7 @@ class _GpuState:
         self.ex_of: list[_Ex | None] = [None] * n_mb  # its open exchange
         self.next_key = 0  # grouped: the next MoE front's key
         self.busy_until = 0.0
+        self.host_t = plan.setup_s  # when the host has issued everything picked so far
 
 
 class Executor:
@@ -138,6 +147,7 @@ class Executor:
         self.runs = [w.runs_GCC1.tolist() for w in plan.expert]
         self.whole = [w.whole_G.tolist() for w in plan.expert]
         self.local = [w.local_G.tolist() if len(w.local_G) else None for w in plan.expert]
+        self.host_expert = [w.host_G.tolist() if len(w.host_G) else [0.0] * g for w in plan.expert]
         self._add = self.record.spans.add_row
 
     # ------------------------------------------------------------------------------------- collectives
@@ -187,6 +197,16 @@ class Executor:
                 add((g, layer, mb, op, t, t + dur))
                 t += dur
         return t
+
+    def _issued(self, st: _GpuState, layer: int, mb: int, t: float, host_s: float) -> float:
+        """The host issues a task's work, taking host_s from the end of its previous issue (it runs ahead of
+        the device and never waits for it); the stream's work on it, ending at t, cannot end before: the
+        stream then idles (Op.HOST) until the host is done. Returns when the task ends on the stream."""
+        st.host_t += host_s
+        if st.host_t <= t:
+            return t
+        self._add((st.g, layer, mb, int(Op.HOST), t, st.host_t))
+        return st.host_t
 
     def _shard_task(self, g: int, ex: _Ex, now: float, first: bool):
         """(seconds, final) of the routed-expert work of `ex` runnable at `now`, or None. Marks it done."""
@@ -240,6 +260,9 @@ class Executor:
             if got is not None:
                 dur, final = got
                 end = self._spans(st.g, e.layer, e.mb, now, [(int(Op.EXPERT), dur)])
+                if not e.issued:  # the host loops over the key's experts once
+                    e.issued = True
+                    end = self._issued(st, e.layer, e.mb, end, self.host_expert[e.pattern][st.g])
                 if final:
                     e.done = True
                     self._join(e.layer, e.mb, Op.COMBINE, e.pattern, self.plan.combine[e.pattern], end)
@@ -253,8 +276,9 @@ class Executor:
             if e is not None and e.done:
                 c = self.started.get((e.layer, i, int(Op.COMBINE)))
                 if c is not None and c + self.c_last[e.pattern][st.g] <= now:
-                    st.busy_until = self._spans(st.g, e.layer, i, now,
-                                                [(int(Op.COMBINE_SUM), self.plan.costs[i].combine_sum_s)])
+                    cost = self.plan.costs[i]
+                    end = self._spans(st.g, e.layer, i, now, [(int(Op.COMBINE_SUM), cost.combine_sum_s)])
+                    st.busy_until = self._issued(st, e.layer, i, end, cost.host_combine_s)
                     st.ex_of[i] = None
                     st.layer[i] += 1
                     return True
@@ -284,18 +308,22 @@ class Executor:
         plan, g, li = self.plan, st.g, st.layer[i]
         c, tp = plan.costs[i], int(Op.ATTENTION_TP)
         t = self._spans(g, li, i, now, [(int(Op.ATTENTION), c.attention_s), (tp, c.attention_tp_comm_s)])
+        t = self._issued(st, li, i, t, c.host_attention_s)
         st.att_done[i] = li
         p = plan.moe_layer_pattern[li]
         if p < 0:
-            st.busy_until = self._spans(g, li, i, t, [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)])
+            t = self._spans(g, li, i, t, [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)])
+            st.busy_until = self._issued(st, li, i, t, c.host_dense_s)
             st.layer[i] += 1
             return True
-        post = self._spans(g, li, i, t, [(int(Op.GATE), c.gate_s), (int(Op.PACK), c.pack_s),
-                                         (int(Op.HOST), c.host_stall_s)])
+        post = self._spans(g, li, i, t, [(int(Op.GATE), c.gate_s), (int(Op.PACK), c.pack_s)])
+        # planned and posted (the exchange's bookkeeping): the GPU joins the dispatch
+        post = self._issued(st, li, i, post, c.host_front_s + c.host_exchange_s)
         self._join(li, i, Op.DISPATCH, p, plan.dispatch[p], post)
         st.ex_of[i] = _Ex(li, i, p, post, local=plan.runtime == "messages" and self.local[p] is not None)
         st.next_key = (li - st.first_moe) * plan.micro_batches + i + 1
-        st.busy_until = self._spans(g, li, i, post, [(int(Op.SHARED_EXPERT), c.shared_expert_s)])
+        t = self._spans(g, li, i, post, [(int(Op.SHARED_EXPERT), c.shared_expert_s)])
+        st.busy_until = self._issued(st, li, i, t, c.host_shared_s)
         return True
 
     def _gpu(self, g: int):

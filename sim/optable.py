@@ -17,7 +17,8 @@ shared the node while they were measured (`per_node`). A lookup:
   time scaled by the context ratio.
 
 `None` when the table has no point for (op, signature): the caller falls back to its cost model.
-Everything is vectorised over tokens.
+Everything is vectorised over tokens. `op_issue_s` looks up the points' host seconds (`host_s`, the cost
+of issuing the call, which GPU calibrations measure) the same way.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def _index(table: tuple[OpPoint, ...]) -> dict[tuple[str, str], dict[int, list[O
     return out
 
 
-@lru_cache(maxsize=512)
-def _curves(table: tuple[OpPoint, ...], op: str, signature: str, per_node: int) -> tuple[tuple[int, Curve], ...] | None:
-    """The chosen points as (context, curve) pairs, contexts ascending; None without points."""
+@lru_cache(maxsize=1024)
+def _curves(table: tuple[OpPoint, ...], op: str, signature: str, per_node: int,
+            field: str = "s") -> tuple[tuple[int, Curve], ...] | None:
+    """The chosen points' `field` ("s" or "host_s") as (context, curve) pairs, contexts ascending; None
+    without points (or, for host_s, where a chosen point lacks it)."""
     by_share = _index(table).get((op, signature))
     if not by_share:
         return None
@@ -54,9 +57,11 @@ def _curves(table: tuple[OpPoint, ...], op: str, signature: str, per_node: int) 
     else:
         nearest = min(by_share, key=lambda k: (abs(np.log(max(k, 1) / max(per_node, 1))), -k))
         pts = by_share[nearest]
+    if any(getattr(p, field) is None for p in pts):
+        return None
     by_ctx: dict[int, dict[int, list[float]]] = {}
     for p in pts:
-        by_ctx.setdefault(p.context, {}).setdefault(p.tokens, []).append(p.s)
+        by_ctx.setdefault(p.context, {}).setdefault(p.tokens, []).append(getattr(p, field))
     curves = []
     for ctx in sorted(by_ctx):
         tokens = sorted(by_ctx[ctx])
@@ -89,8 +94,26 @@ def op_time_s(cluster: Cluster, op: str, signature: str, tokens, context: float 
     """Measured seconds of `op` on `tokens` (scalar or array; 0 tokens take 0 s) with `context` keys per
     sequence, or None when the table has no such operation."""
     curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
+    return None if curves is None else _lookup(curves, tokens, context)
+
+
+def op_issue_s(cluster: Cluster, op: str, signature: str, tokens, context: float = 0.0):
+    """Host seconds of issuing `op` on `tokens`: the measured `host_s` where every chosen point has it,
+    else the op's floor (`op_floor_s`: an upper bound, the least time of the whole call); None without
+    points."""
+    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node, "host_s")
     if curves is None:
-        return None
+        floor = op_floor_s(cluster, op, signature)
+        if floor is None:
+            return None
+        tokens_T = np.asarray(tokens, dtype=np.float64)
+        out = np.where(tokens_T > 0, floor, 0.0)
+        return float(out) if out.ndim == 0 else out
+    return _lookup(curves, tokens, context)
+
+
+def _lookup(curves: tuple[tuple[int, Curve], ...], tokens, context: float):
+    """Seconds along (context, curve) pairs at `tokens` and `context` (module docstring)."""
     tokens_T = np.asarray(tokens, dtype=np.float64)
     ctxs = [c for c, _ in curves]
     if len(curves) == 1 or context <= 0:

@@ -48,6 +48,21 @@ def test_without_runtime_calls_the_model_level_operations_remain():
     assert {p["op"] for p in points} == {"attention.prefill", "attention.decode", "gate", "shared", "dense", "expert"}
 
 
+def test_a_timer_that_reports_host_seconds_gives_each_point_its_issue_cost():
+    """A GPU's timer answers (device seconds, host seconds); a call doing n units of an op (the expert op's
+    cycled experts) divides both."""
+    class HostTimer(CountingTimer):
+        def __call__(self, fn):
+            return super().__call__(fn), 4e-4
+
+    points = measure(tiny(), HostTimer(), GRID)
+    expert = [p for p in points if p["op"] == "expert"]
+    assert all(p["host_s"] / p["s"] == 0.4 for p in points)
+    assert all(p["s"] < 1e-3 for p in expert)  # several experts per call
+    Cluster(op_table=tuple(points))
+    assert "host_s" not in measure(tiny(), CountingTimer(), GRID)[0]
+
+
 def test_prefill_points_are_chunks_or_whole_sequences():
     """T < S: the last chunk of a sequence of S keys; T >= S: T / S whole sequences (S must divide T)."""
     assert prefill_pairs((8, 16, 24, 32, 64), (16,), 32) == ((8, 16), (16, 16), (32, 16))

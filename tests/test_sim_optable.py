@@ -87,23 +87,47 @@ def test_costs_take_the_table_for_the_scenarios_model_and_physics_for_another():
     assert costs.attention_s(wide, mb) == pytest.approx(costs.attention_physics_s(wide, mb))
 
 
-def test_host_path_stalls_the_front_only_where_the_devices_work_does_not_cover_it():
-    """With `exchange` measured: stall = max(0, floors(attention, gate) + dispatch + exchange - device work),
-    the pack's device work from physics (sim.costs.layer_costs)."""
+def with_host(table, host_s):
+    return [{**p, "host_s": host_s} for p in table]
+
+
+def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measured():
+    """host_front = gate + dispatch issue + exchange; the pack's device work from physics; floors stand in
+    for missing host_s; no exchange op, no host model (sim.costs.layer_costs)."""
     base = tiny_scenario()
-    sig = op_signature(base.model, "exchange")
-    s = tiny_scenario(full_table(base.model) + pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)]))
-    mb = costs.micro_batches(s)[0]  # 64 tokens: every op 64e-5 s, least measured 1e-5 s
-    exchange = float(np.interp(64, [16, 1000], [3e-3, 4e-3]))
-    assert costs.host_path_s(s, mb) == pytest.approx(2e-5 + 64e-5 + exchange)
+    m, sig = base.model, op_signature(base.model, "exchange")
+    exchange = pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)])
+    s = tiny_scenario(with_host(full_table(m), 2e-4) + exchange)
+    mb = costs.micro_batches(s)[0]  # 64 tokens
     c = costs.layer_costs(s, mb)
+    assert costs.host_model(s)
+    assert c.host_front_s == pytest.approx(2e-4 + 2e-4 + float(np.interp(64, [16, 1000], [3e-3, 4e-3])))
+    assert (c.host_attention_s, c.host_dense_s, c.host_combine_s) == pytest.approx((2e-4,) * 3)
     assert c.pack_s == pytest.approx(costs.pack_physics_s(s, 64))
-    assert c.host_stall_s == pytest.approx(2e-5 + 64e-5 + exchange - (2 * 64e-5 + c.pack_s))
-    assert costs.host_path_s(base, mb) is None and costs.layer_costs(base, mb).host_stall_s == 0.0
-    gpu_bound = tiny_scenario(full_table(base.model, scale=100.0) + pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)]))
-    assert costs.layer_costs(gpu_bound, mb).host_stall_s == 0.0  # the device's work hides the host's
-    slow = run(s).result
-    assert slow.breakdown.dispatch_s >= c.pack_s + c.host_stall_s
+    assert float(costs.expert_issue_s(s, [3.0, 0.0, 5.0])) == pytest.approx(4e-4)  # one call per slot with rows
+    floors = tiny_scenario(full_table(m) + exchange)  # no host_s: each op's least time, 1e-5 s
+    assert costs.layer_costs(floors, mb).host_attention_s == pytest.approx(1e-5)
+    plain = costs.layer_costs(tiny_scenario(with_host(full_table(m), 2e-4)), mb)
+    assert (plain.host_front_s, plain.host_attention_s, plain.pack_s) == (0.0, 0.0, pytest.approx(64e-5))
+
+
+def test_a_host_bound_step_takes_the_hosts_time_and_a_device_bound_one_hides_it():
+    """One GPU: with every issue cost above the device's work the stream waits for the host at every task,
+    so the step is the host's total; with negligible issue costs the host stays ahead (sim.executor)."""
+    base = tiny_scenario()
+    exchange = pts("exchange", op_signature(base.model, "exchange"), [(1, 1e-9), (1000, 1e-9)])
+    fast = tiny_scenario(with_host(full_table(base.model), 0.0) + exchange)
+    slow = tiny_scenario(with_host(full_table(base.model), 1e-2) + exchange)
+    topo = build_topology(slow.cluster)
+    plan = build_plan(slow, topo, route_steps(slow, topo, placement_for(slow))[0])
+    c, m = plan.costs[0], slow.model
+    per_moe = c.host_attention_s + c.host_front_s + c.host_shared_s + float(plan.expert[0].host_G[0]) \
+        + c.host_combine_s
+    host_total = plan.setup_s + m.dense_layers * (c.host_attention_s + c.host_dense_s) + m.moe_layers * per_moe
+    r_slow, r_fast = run(slow).result, run(fast).result
+    assert r_slow.step_time_s == pytest.approx(host_total, rel=1e-3)
+    assert r_fast.step_time_s < 0.2 * r_slow.step_time_s
+    assert r_slow.breakdown.dispatch_s > r_fast.breakdown.dispatch_s  # the stream's idle time is counted
 
 
 def test_one_gpu_step_is_the_sum_of_the_measured_operations():

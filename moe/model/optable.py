@@ -50,8 +50,9 @@ KV_LAYERS = 4
 layers are live together, as in a run, and the point is their time per layer)."""
 CYCLE_ROWS = 4096
 """At most this many rows in a cycled expert call (beyond it the rows, not the weights, take the time)."""
-Timer = Callable[[Callable[[], object]], float]
-"""Median seconds of fn() after warm-up (the caller's clock and synchronization)."""
+Timer = Callable[[Callable[[], object]], "float | tuple[float, float]"]
+"""Median seconds of fn() after warm-up (the caller's clock and synchronization), or (seconds, host
+seconds of the call): a GPU's timer also reports what issuing the call cost the host."""
 Call = Callable[[], object]
 
 
@@ -99,8 +100,13 @@ def uniform_routing(tokens: int, experts: int, top_k: int, gen: torch.Generator)
     return torch.rand(tokens, experts, generator=gen).argsort(dim=1)[:, :top_k].numpy()
 
 
-def _point(op: str, sig: str, tokens: int, context: int, s: float) -> dict:
-    return {"op": op, "model": sig, "tokens": int(tokens), "context": int(context), "s": float(s)}
+def _point(op: str, sig: str, tokens: int, context: int, timed: float | tuple[float, float], share: int = 1) -> dict:
+    """An OpPoint of a timer's answer for a call that did `share` units of the op."""
+    s, host = timed if isinstance(timed, tuple) else (timed, None)
+    point = {"op": op, "model": sig, "tokens": int(tokens), "context": int(context), "s": float(s) / share}
+    if host is not None:
+        point["host_s"] = float(host) / share
+    return point
 
 
 def _cache(block, batch: int, capacity: int, length: int):
@@ -208,8 +214,7 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
         for gen in calls:
             for op, t, s, call, *share in gen:  # share: the call does this many units of the op
                 if want(op):
-                    seconds = timer(call) / (share[0] if share else 1)
-                    points.append(_point(op, op_signature(model, op, wire), t, s, seconds))
+                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call), *share))
         if ops.kv_setup is not None:
             setups = [("kv_setup.prefill", t, 0) for t in grid.tokens]
             setups += [("kv_setup.decode", b, s) for b, s in grid.decode if b * s <= grid.max_setup]
@@ -217,5 +222,5 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
             for op, t, s in setups:
                 if want(op):
                     call = ops.kv_setup(dense, model, t, s, op.split(".")[1], n)
-                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call) / n))
+                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call), n))
     return points
