@@ -92,7 +92,7 @@ def with_host(table, host_s):
 
 
 def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measured():
-    """host_front = gate + dispatch issue + exchange; the pack's device work from physics; floors stand in
+    """host_front = gate + dispatch issue, then the exchange's bookkeeping; the pack's device work from physics; floors stand in
     for missing host_s; no exchange op, no host model (sim.costs.layer_costs)."""
     base = tiny_scenario()
     m, sig = base.model, op_signature(base.model, "exchange")
@@ -101,7 +101,8 @@ def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measu
     mb = costs.micro_batches(s)[0]  # 64 tokens
     c = costs.layer_costs(s, mb)
     assert costs.host_model(s)
-    assert c.host_front_s == pytest.approx(2e-4 + 2e-4 + float(np.interp(64, [16, 1000], [3e-3, 4e-3])))
+    assert c.host_front_s == pytest.approx(2e-4 + 2e-4)  # gate, dispatch
+    assert c.host_exchange_s == pytest.approx(float(np.interp(64, [16, 1000], [3e-3, 4e-3])))
     assert (c.host_attention_s, c.host_dense_s, c.host_combine_s) == pytest.approx((2e-4,) * 3)
     assert c.pack_s == pytest.approx(costs.pack_physics_s(s, 64))
     assert float(costs.expert_issue_s(s, [3.0, 0.0, 5.0])) == pytest.approx(4e-4)  # one call per slot with rows
@@ -121,7 +122,7 @@ def test_a_host_bound_step_takes_the_hosts_time_and_a_device_bound_one_hides_it(
     topo = build_topology(slow.cluster)
     plan = build_plan(slow, topo, route_steps(slow, topo, placement_for(slow))[0])
     c, m = plan.costs[0], slow.model
-    per_moe = c.host_attention_s + c.host_front_s + c.host_shared_s + float(plan.expert[0].host_G[0]) \
+    per_moe = c.host_attention_s + c.host_front_s + c.host_exchange_s + c.host_shared_s + float(plan.expert[0].host_G[0]) \
         + c.host_combine_s
     host_total = plan.setup_s + m.dense_layers * (c.host_attention_s + c.host_dense_s) + m.moe_layers * per_moe
     r_slow, r_fast = run(slow).result, run(fast).result
