@@ -50,16 +50,6 @@ def place() -> Place | None:
     return None
 
 
-def local_size() -> int:
-    """Ranks on this node, from the launcher (torchrun, Open MPI, MPICH), else one per visible GPU."""
-    for var in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    import torch
-
-    return max(1, torch.cuda.device_count())
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -77,8 +67,7 @@ def _rendezvous_over_mpi() -> None:
 
 
 def init(backend: str, timeout_s: float) -> Place:
-    """Join the job's process group (NCCL on GPUs, gloo on CPUs), binding this rank to its local GPU (and,
-    on GPUs, to CPU cores of its own near it: `real.cpus`).
+    """Join the job's process group (NCCL on GPUs, gloo on CPUs), binding this rank to its local GPU.
     `timeout_s` bounds every collective (NCCL's: `collective_timeout_s`): a dead peer ends the job with an
     error, never a hang."""
     import torch
@@ -99,9 +88,6 @@ def init(backend: str, timeout_s: float) -> Place:
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise RunFailure("real: backend nccl needs CUDA GPUs and none is visible")
-        from real.cpus import bind
-
-        bind(where.local_rank, local_size())  # before the CUDA context and NCCL's threads, which inherit it
         torch.cuda.set_device(where.local_rank % torch.cuda.device_count())
         kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
     dist.init_process_group(backend, rank=where.rank, world_size=where.size,
