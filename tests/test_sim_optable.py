@@ -92,8 +92,8 @@ def with_host(table, host_s):
 
 
 def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measured():
-    """host_front = gate + dispatch issue, then the exchange's bookkeeping; the pack's device work from physics; floors stand in
-    for missing host_s; no exchange op, no host model (sim.costs.layer_costs)."""
+    """host_front = gate + dispatch issue, then the exchange's bookkeeping; the pack's device work from
+    physics; floors stand in for missing host_s; no exchange op, no host model (sim.costs.layer_costs)."""
     base = tiny_scenario()
     m, sig = base.model, op_signature(base.model, "exchange")
     exchange = pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)])
@@ -122,8 +122,8 @@ def test_a_host_bound_step_takes_the_hosts_time_and_a_device_bound_one_hides_it(
     topo = build_topology(slow.cluster)
     plan = build_plan(slow, topo, route_steps(slow, topo, placement_for(slow))[0])
     c, m = plan.costs[0], slow.model
-    per_moe = c.host_attention_s + c.host_front_s + c.host_exchange_s + c.host_shared_s + float(plan.expert[0].host_G[0]) \
-        + c.host_combine_s
+    per_moe = c.host_attention_s + c.host_front_s + c.host_exchange_s + c.host_shared_s \
+        + float(plan.expert[0].host_G[0]) + c.host_combine_s
     host_total = plan.setup_s + m.dense_layers * (c.host_attention_s + c.host_dense_s) + m.moe_layers * per_moe
     r_slow, r_fast = run(slow).result, run(fast).result
     assert r_slow.step_time_s == pytest.approx(host_total, rel=1e-3)
