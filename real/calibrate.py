@@ -365,6 +365,17 @@ def _median_table(tables: list[list[dict]]) -> list[dict]:
             for i, first in enumerate(tables[0])]
 
 
+def host_factors(op_runs: list[list[dict]]) -> list[float]:
+    """Per rank, the median over its op-table points of its host_s relative to the median over ranks of
+    that point: how much slower (> 1) or faster its host issues the same calls. Every rank measured the
+    same points in the same order. [] without host times."""
+    rows = [i for i, p in enumerate(op_runs[0]) if p.get("host_s")]
+    if not rows:
+        return []
+    mid = {i: statistics.median(r[i]["host_s"] for r in op_runs) for i in rows}
+    return [round(statistics.median(r[i]["host_s"] / mid[i] for i in rows if mid[i] > 0), 3) for r in op_runs]
+
+
 def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | None:
     """Every rank of the job measures; rank 0 returns the profile mapping, the others None. `scenarios`:
     the op table covers these scenario files' models (and wire dtypes) instead of MODELS, and the GEMM
@@ -418,4 +429,5 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
         "p2p_curve": p2p,
         "op_table": [{**p, **{k: statistics.median(r[i][k] for r in op_runs) for k in ("s", "host_s") if k in p}}
                      for i, p in enumerate(op_runs[0])] + exchange,
+        "host_factors": host_factors(op_runs),
     }

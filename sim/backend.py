@@ -28,7 +28,7 @@ from moe.spec.loader import scenario_dict
 from moe.spec.schema import Scenario
 from moe.topology import LINK_KINDS, build_topology
 from moe.traffic import compute_traffic
-from sim.costs import expert_issue_s, expert_s, layer_costs, micro_batches, setup_s
+from sim.costs import expert_issue_s, expert_s, host_factors, layer_costs, micro_batches, setup_s
 from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming, phase_input, solve_phase
 from sim.reduce import StepFacts, reduce_result, reduce_trace
@@ -128,7 +128,7 @@ def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:
                     costs=tuple(layer_costs(s, x, rows * x.tokens * mb / s.workload.tokens_per_gpu) for x in layout),
                     dispatch=tuple(dispatch), combine=tuple(combine), expert=tuple(experts),
                     overlap=s.schedule.overlap, layer_pipeline=s.schedule.layer_pipeline, runtime=runtime,
-                    after=tuple(x.after for x in layout), setup_s=setup_s(s))
+                    after=tuple(x.after for x in layout), setup_s=setup_s(s), host_factor_G=host_factors(s))
 
 
 def route_steps(s: Scenario, topo, placement) -> list[list]:

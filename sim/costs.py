@@ -277,6 +277,15 @@ def host_model(s: Scenario) -> bool:
         and has_op(s.cluster, shapes.EXCHANGE, shapes.op_signature(s.model, shapes.EXCHANGE, wire(s)))
 
 
+def host_factors(s: Scenario) -> tuple[float, ...]:
+    """Per GPU, its host's speed factor in the host model: GPU g runs at calibrated rank g mod R's
+    (`cluster.host_factors`); empty (every host at the table's median) outside the model or unmeasured."""
+    f = s.cluster.host_factors
+    if not f or not host_model(s):
+        return ()
+    return tuple(f[g % len(f)] for g in range(s.cluster.gpus))
+
+
 def issue_s(s: Scenario, op: str, tokens, context: float = 0.0):
     """Host seconds of issuing `op` (sim.optable.op_issue_s: measured `host_s`, else the op's floor); 0
     where the table has no such op."""

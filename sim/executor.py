@@ -23,7 +23,8 @@ Switches, as the runtime reads them:
   layer_pipeline false   a micro-batch starts layer l + 1 only when every micro-batch finished layer l;
   chunked prefill        micro-batch i runs a layer's attention only after micro-batch `after[i]` did.
 The host (sim.costs' host model): each GPU's host issues the tasks in the order its stream runs them, each
-taking its issue cost (`LayerCosts.host_*`, `ExpertWork.host_G`) from the end of the previous one; a
+taking its issue cost (`LayerCosts.host_*`, `ExpertWork.host_G`, times its `StepPlan.host_factor_G`) from
+the end of the previous one; a
 task's work on the stream cannot end before its issue, and the stream idles (Op.HOST) until then. Without
 the host model the costs are 0 and the host always keeps up.
 Dispatch and combine are collectives over every GPU: one starts at the latest GPU's ready time, once
@@ -84,6 +85,8 @@ class StepPlan:
     """Per micro-batch: the one whose attention of a layer must come first (chunked prefill), or None."""
     setup_s: float = 0.0
     """Per-step setup on every GPU before the first layer."""
+    host_factor_G: tuple[float, ...] = ()
+    """Per GPU, its host's issue costs relative to the costs' (sim.costs' host model; empty: 1)."""
 
 
 class _Pending:
@@ -111,8 +114,8 @@ class _Ex:
 class _GpuState:
     """One GPU's view of its micro-batches (the runtime's loop state)."""
 
-    __slots__ = ("after", "att_done", "busy_until", "ex_of", "first_moe", "g", "host_t", "layer", "n_layers",
-                 "next_key")
+    __slots__ = ("after", "att_done", "busy_until", "ex_of", "first_moe", "g", "host_factor", "host_t", "layer",
+                 "n_layers", "next_key")
 
     def __init__(self, g: int, plan: StepPlan):
         n_mb = plan.micro_batches
@@ -126,6 +129,7 @@ class _GpuState:
         self.next_key = 0  # grouped: the next MoE front's key
         self.busy_until = 0.0
         self.host_t = plan.setup_s  # when the host has issued everything picked so far
+        self.host_factor = plan.host_factor_G[g] if plan.host_factor_G else 1.0
 
 
 class Executor:
@@ -202,7 +206,7 @@ class Executor:
         """The host issues a task's work, taking host_s from the end of its previous issue (it runs ahead of
         the device and never waits for it); the stream's work on it, ending at t, cannot end before: the
         stream then idles (Op.HOST) until the host is done. Returns when the task ends on the stream."""
-        st.host_t += host_s
+        st.host_t += host_s * st.host_factor
         if st.host_t <= t:
             return t
         self._add((st.g, layer, mb, int(Op.HOST), t, st.host_t))

@@ -198,3 +198,14 @@ def test_calibrating_for_scenarios_measures_what_their_micro_batches_look_up(tmp
     grid = scenario_grid(chosen)
     assert 128 in grid.tokens and min(grid.tokens) < 128  # the chunks, and a small count for the fixed costs
     assert {(128, 128), (128, 256), OP_SMALLEST_PREFILL} <= set(grid.prefill)
+
+
+def test_host_factors_are_each_ranks_median_ratio_to_the_median_rank():
+    from real.calibrate import host_factors
+
+    def run(scale):
+        return [{"op": "gate", "s": 1e-3, "host_s": 1e-3 * scale}, {"op": "expert", "s": 2e-3, "host_s": 4e-3 * scale},
+                {"op": "exchange", "s": 1e-3}]
+
+    assert host_factors([run(1.0), run(1.0), run(1.5), run(1.0)]) == [1.0, 1.0, 1.5, 1.0]
+    assert host_factors([[{"op": "gate", "s": 1e-3}]]) == []

@@ -175,3 +175,18 @@ def test_flows_inside_a_node_move_at_the_measured_rate_of_their_size():
     expect = (sent / (curve_GBps(curve, sent) * 1e9)).max()
     assert peak.duration_s == pytest.approx(sent.max() / 2e9)
     assert measured.duration_s == pytest.approx(expect)
+
+
+def test_the_slowest_host_paces_every_gpu():
+    """Two GPUs, host-bound: with host factors (1, 2) the exchanges make both wait for the slow host, so the
+    step takes about twice the host time of factors (1, 1) (sim.costs.host_factors, sim.executor)."""
+    base = tiny_scenario()
+    table = with_host(full_table(base.model), 1e-2) + pts("exchange", op_signature(base.model, "exchange"),
+                                                             [(1, 1e-9), (1000, 1e-9)])
+    two = {"gpus_per_node": 2}
+    even = tiny_scenario(table, cluster={**two, "host_factors": [1.0, 1.0]})
+    uneven = tiny_scenario(table, cluster={**two, "host_factors": [1.0, 2.0]})
+    assert costs.host_factors(uneven) == (1.0, 2.0)
+    assert costs.host_factors(tiny_scenario(with_host(full_table(base.model), 1e-2), cluster=two)) == ()
+    t_even, t_uneven = run(even).result.step_time_s, run(uneven).result.step_time_s
+    assert t_uneven == pytest.approx(2 * t_even, rel=0.05)

@@ -152,6 +152,10 @@ class Cluster(Section):
     op_table: tuple[OpPoint, ...] = ()
     """Measured times of the runtime's own operations (calibration); the simulator prefers them to its
     cost model for the model dims they were measured for."""
+    host_factors: tuple[PosFloat, ...] = ()
+    """Per calibrated rank, its host's issue costs relative to the median rank's (GPU calibration). The
+    simulator's host model gives GPU g the factor of rank g mod len: ranks of one job run at different
+    host speeds, and every exchange waits for the slowest."""
 
     @property
     def gpus(self) -> int:
