@@ -27,6 +27,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from moe.result import write_text_atomic  # noqa: E402
 
 # (name, model preset, experts per GPU, top_k, tokens per GPU, overlap, routing) on G GPUs
 CASES_4 = [
@@ -146,11 +149,14 @@ def main() -> int:
     specs = [write_spec(g, case, profile, out) for g in counts for case in CASES[g]]
     if args.calibrate:
         calibrate(Path(profile), specs)
-    rows = [run_case(g, case, profile, out) for g in counts for case in CASES[g]]
     import torch
 
     machine = f"{torch.cuda.get_device_name()} (torch {torch.__version__})" if torch.cuda.is_available() else "CPU"
-    (out / "README.md").write_text(table(rows, machine))
+    rows = []
+    for g in counts:
+        for case in CASES[g]:
+            rows.append(run_case(g, case, profile, out))
+            write_text_atomic(out / "README.md", table(rows, machine))  # a cut job keeps the cases it ran
     print(table(rows, machine))
     return 0 if all("error" not in r for r in rows) else 1
 
