@@ -33,7 +33,7 @@ class Op(IntEnum):
     SETUP = 10
     """The runtime's per-step setup (building the step's KV caches), once at the start of a step."""
     HOST = 11
-    """The compute stream idle while the host does a dispatch's bookkeeping (sim.costs.layer_costs)."""
+    """The compute stream idle until the host has issued the task's work (sim.executor's host model)."""
 
 
 COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_EXPERT, Op.EXPERT, Op.PACK,

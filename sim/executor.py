@@ -24,9 +24,8 @@ Switches, as the runtime reads them:
   chunked prefill        micro-batch i runs a layer's attention only after micro-batch `after[i]` did.
 The host (sim.costs' host model): each GPU's host issues the tasks in the order its stream runs them, each
 taking its issue cost (`LayerCosts.host_*`, `ExpertWork.host_G`, times its `StepPlan.host_factor_G`) from
-the end of the previous one; a
-task's work on the stream cannot end before its issue, and the stream idles (Op.HOST) until then. Without
-the host model the costs are 0 and the host always keeps up.
+the end of the previous one; a task's work on the stream cannot end before its issue, and the stream
+idles (Op.HOST) until then. Without the host model the costs are 0 and the host always keeps up.
 Dispatch and combine are collectives over every GPU: one starts at the latest GPU's ready time, once
 every comm engine is free, plus its sync; each GPU's part then takes its solved offsets (sim.network).
 SimPy events per GPU per layer and micro-batch: one per task that takes time, and a wake-up when a

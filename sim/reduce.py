@@ -7,7 +7,8 @@ Definitions (per MoE layer means, on the critical GPU = the one that finishes la
   where a layer ends when its last op or collective part ends on any GPU;
 - breakdown: summed span durations of the critical GPU over MoE layers and micro-batches / MoE layers
   (expert_s includes the shared expert; dispatch_s is the packing plus its part of each dispatch
-  collective, sync included; combine_s the same for the combine and its sum into the tokens);
+  collective, sync included, plus the stream's waits for its host (Op.HOST, host model: mostly the
+  dispatch's planning and bookkeeping); combine_s the same for the combine and its sum into the tokens);
   exposed_comm_s: time in the MoE layers when its compute stream is idle (waiting for data or for a
   collective) / MoE layers;
 - max_link: the link busy longest per MoE layer (bytes / capacity, dispatch + combine of every
