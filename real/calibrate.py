@@ -16,10 +16,12 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
 - the runtime's own operations (moe.model.optable with the emulator runtime's calls, emu.calibrate
   `runtime_ops`, received rows on the device as NCCL leaves them) of every model in MODELS, over the
   token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
-  every rank's tokens at once), by CUDA events -> `op_table` (per_node 0: a GPU per rank; median over
-  ranks). Its `model` keys are per-operation signatures, so `paper` or `deepseek-v3` with fewer
-  experts or layers (E = G, E > G) reuses the attention, expert, shared and dense entries; the gate,
-  dispatch and combine depend on E and top-k: `--scenario FILE` (repeatable) measures the models of those
+  every rank's tokens at once), by CUDA events, with the host time of each call (`host_s`: issuing its
+  kernels) -> `op_table` (per_node 0: a GPU per rank; median over ranks), and each rank's host time
+  relative to the median rank's -> `host_factors` (the simulator runs each GPU's host at one of them).
+  Its `model` keys are per-operation signatures, so `paper` or `deepseek-v3` with fewer experts or layers
+  (E = G, E > G) reuses the attention, expert, shared and dense entries; the gate, dispatch and combine
+  depend on E and top-k: `--scenario FILE` (repeatable) measures the models of those
   scenario files instead of MODELS, each signature once, at the token counts their micro-batches run
   (`scenario_grid`) instead of the whole grid;
 - the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
