@@ -28,7 +28,7 @@ from moe.spec.loader import scenario_dict
 from moe.spec.schema import Scenario
 from moe.topology import LINK_KINDS, build_topology
 from moe.traffic import compute_traffic
-from sim.costs import expert_issue_s, expert_s, host_factors, layer_costs, micro_batches, setup_s
+from sim.costs import expert_issue_s, expert_s, host_factors, layer_costs, micro_batches, setup_s, shard_s
 from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming, phase_input, solve_phase
 from sim.reduce import StepFacts, reduce_result, reduce_trace
@@ -78,29 +78,36 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
     messages: the GPU's own rows alone (its share of every slot's rows), and each other source's rows
     as one task per source (one expert call per slot per source, as the runtime computes a shard),
     spread over the remote arrival chunks by their token share. Both: every row at once (no overlap).
-    host_G: the host's cost of issuing those expert calls (sim.costs.expert_issue_s)."""
+    A shard's fixed work (sim.costs.shard_s, on the rows it holds) is paid once per computed shard: per key
+    in grouped mode (`fixed_G`, with its first task), per source's shard in messages mode (in its task).
+    host_G: the host's cost of issuing that work (sim.costs.expert_issue_s)."""
     g = traffic.topology.gpus
     slot_GS = traffic.slot_tokens_X.reshape(g, -1).astype(np.float64) / micro_batches
+    pair_GG = traffic.pair_tokens_GG.astype(np.float64) / micro_batches  # [src, dst]: rows of one micro-batch
+    rows_G = pair_GG.sum(axis=0)
     share_GC = timing.share_GC
     chunks = share_GC.shape[1]
     cum_GC1 = np.concatenate([np.zeros((g, 1)), np.cumsum(share_GC, axis=1)], axis=1)
     whole = expert_s(s, slot_GS)
     runs = np.zeros((g, chunks, chunks + 1))
+    host = expert_issue_s(s, slot_GS, rows_G)
     if runtime == "grouped":
         for i in range(chunks):
             for j in range(i + 1, chunks + 1):
                 runs[:, i, j] = expert_s(s, slot_GS * (cum_GC1[:, j] - cum_GC1[:, i])[:, None])
-        return ExpertWork(runs_GCC1=runs, whole_G=whole, host_G=expert_issue_s(s, slot_GS))
-    pair_GG = traffic.pair_tokens_GG.astype(np.float64)
-    frac_GG = pair_GG / np.maximum(pair_GG.sum(axis=0), 1e-300)[None, :]  # [src, dst]: share of dst's rows
-    per_src_GG = np.stack([expert_s(s, slot_GS * frac_GG[src][:, None]) for src in range(g)])
+        return ExpertWork(runs_GCC1=runs, whole_G=whole, host_G=host, fixed_G=shard_s(s, rows_G))
+    frac_GG = pair_GG / np.maximum(rows_G, 1e-300)[None, :]  # [src, dst]: share of dst's rows
+    per_src_GG = np.stack([expert_s(s, slot_GS * frac_GG[src][:, None]) + shard_s(s, pair_GG[src])
+                           for src in range(g)])
     local = np.diagonal(per_src_GG).copy()
     remote = per_src_GG.sum(axis=0) - local
     for i in range(chunks):
         for j in range(i + 1, chunks + 1):
             runs[:, i, j] = remote * (cum_GC1[:, j] - cum_GC1[:, i])
-    host = sum(expert_issue_s(s, slot_GS * frac_GG[src][:, None]) for src in range(g))
-    return ExpertWork(runs_GCC1=runs, whole_G=whole, local_G=local, host_G=np.asarray(host, dtype=np.float64))
+    if s.schedule.overlap:  # a shard per source, else one of every source's rows
+        host = sum(expert_issue_s(s, slot_GS * frac_GG[src][:, None], pair_GG[src]) for src in range(g))
+    return ExpertWork(runs_GCC1=runs, whole_G=whole + shard_s(s, rows_G), local_G=local,
+                      host_G=np.asarray(host, dtype=np.float64))
 
 
 def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:

@@ -206,6 +206,15 @@ def expert_s(s: Scenario, rows_per_slot) -> np.ndarray:
     return np.where(r > 0, t, 0.0).sum(axis=-1)
 
 
+def shard_s(s: Scenario, rows) -> np.ndarray:
+    """Seconds of a received shard's fixed work on `rows` rows (unpacking them, grouping them by slot,
+    packing the results), paid once per shard however many experts it holds, where the table measured it
+    (op `shard`); 0 where it did not (older tables fold it into the `expert` op)."""
+    r = np.asarray(rows, dtype=np.float64)
+    t = measured(s, "shard", r)
+    return np.zeros(r.shape) if t is None else np.asarray(t)
+
+
 def shared_expert_s(s: Scenario, tokens: float) -> float:
     m = s.model
     if not m.shared_experts or tokens <= 0:
@@ -293,13 +302,15 @@ def issue_s(s: Scenario, op: str, tokens, context: float = 0.0):
     return 0.0 if t is None else t
 
 
-def expert_issue_s(s: Scenario, rows_per_slot) -> np.ndarray:
-    """Host seconds of a shard task's loop over the GPU's slots (last axis): one expert call issued per slot
-    with rows; 0 outside the host model."""
+def expert_issue_s(s: Scenario, rows_per_slot, shard_rows) -> np.ndarray:
+    """Host seconds of computing a shard of `shard_rows` rows: its fixed work (op `shard`, where measured)
+    and one expert call issued per slot with rows (`rows_per_slot`, last axis: the GPU's slots); 0 outside
+    the host model."""
     r = np.asarray(rows_per_slot, dtype=np.float64)
     if not host_model(s):
         return np.zeros(r.shape[:-1])
-    return np.where(r > 0, issue_s(s, "expert", r), 0.0).sum(axis=-1)
+    fixed = np.where(np.asarray(shard_rows) > 0, issue_s(s, "shard", shard_rows), 0.0)
+    return np.where(r > 0, issue_s(s, "expert", r), 0.0).sum(axis=-1) + fixed
 
 
 def setup_s(s: Scenario) -> float:

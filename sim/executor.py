@@ -62,6 +62,8 @@ class ExpertWork:
     empty in grouped mode, where the chunks hold them."""
     host_G: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """Host seconds of issuing one micro-batch's expert calls on each GPU (empty: none)."""
+    fixed_G: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """grouped: device seconds of a key's shard fixed work on each GPU, with its first task (empty: none)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class Executor:
         self.whole = [w.whole_G.tolist() for w in plan.expert]
         self.local = [w.local_G.tolist() if len(w.local_G) else None for w in plan.expert]
         self.host_expert = [w.host_G.tolist() if len(w.host_G) else [0.0] * g for w in plan.expert]
+        self.fixed = [w.fixed_G.tolist() if len(w.fixed_G) else [0.0] * g for w in plan.expert]
         self._add = self.record.spans.add_row
 
     # ------------------------------------------------------------------------------------- collectives
@@ -262,9 +265,12 @@ class Executor:
             first = False
             if got is not None:
                 dur, final = got
+                first = not e.issued  # the key's shard: its fixed work and the host's loop, once
+                e.issued = True
+                if first:
+                    dur += self.fixed[e.pattern][st.g]
                 end = self._spans(st.g, e.layer, e.mb, now, [(int(Op.EXPERT), dur)])
-                if not e.issued:  # the host loops over the key's experts once
-                    e.issued = True
+                if first:
                     end = self._issued(st, e.layer, e.mb, end, self.host_expert[e.pattern][st.g])
                 if final:
                     e.done = True

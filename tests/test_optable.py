@@ -90,3 +90,31 @@ def test_a_chunk_attends_after_the_cached_part_of_its_sequence():
             call()
             call()
     assert seen == [(8, 1, 24, 32)] * 2 + [(64, 2, 0, 32)] * 2 + [(3, 3, 16, 17)] * 2
+
+
+def test_the_expert_op_is_net_of_the_shards_fixed_work(monkeypatch):
+    """With the runtime's calls, a timed shard of n experts = its fixed work + n expert calls: the `expert`
+    point is one expert call, the `shard` point the fixed work on the shard's n x R rows."""
+    from moe.model.layer import Block
+
+    calls = {"n": 0}
+    forward = Block.expert_forward
+
+    def counted(self, expert, x):
+        calls["n"] += 1
+        return forward(self, expert, x)
+
+    monkeypatch.setattr(Block, "expert_forward", counted)
+
+    def timer(fn):  # 1 ms of fixed work per call, 2 ms per expert call made
+        before = calls["n"]
+        fn()
+        return 1e-3 + 2e-3 * (calls["n"] - before)
+
+    points = measure(tiny(), timer, GRID, ops=runtime_ops(torch.device("cpu"), ("fp8", "bf16")), ranks=2)
+    expert = [p for p in points if p["op"] == "expert"]
+    shard = [p for p in points if p["op"] == "shard"]
+    assert [p["s"] for p in expert] == [2e-3] * len(GRID.rows)
+    assert [p["s"] for p in shard] == [1e-3] * len(GRID.rows)
+    n = [s["tokens"] // e["tokens"] for e, s in zip(expert, shard, strict=True)]
+    assert all(k >= 1 for k in n) and shard[0]["tokens"] == n[0] * GRID.rows[0]

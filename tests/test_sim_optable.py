@@ -105,7 +105,8 @@ def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measu
     assert c.host_exchange_s == pytest.approx(float(np.interp(64, [16, 1000], [3e-3, 4e-3])))
     assert (c.host_attention_s, c.host_dense_s, c.host_combine_s) == pytest.approx((2e-4,) * 3)
     assert c.pack_s == pytest.approx(costs.pack_physics_s(s, 64))
-    assert float(costs.expert_issue_s(s, [3.0, 0.0, 5.0])) == pytest.approx(4e-4)  # one call per slot with rows
+    # one call per slot with rows, and the shard's fixed work once
+    assert float(costs.expert_issue_s(s, [3.0, 0.0, 5.0], 8.0)) == pytest.approx(6e-4)
     floors = tiny_scenario(full_table(m) + exchange)  # no host_s: each op's least time, 1e-5 s
     assert costs.layer_costs(floors, mb).host_attention_s == pytest.approx(1e-5)
     plain = costs.layer_costs(tiny_scenario(with_host(full_table(m), 2e-4)), mb)
@@ -140,7 +141,7 @@ def test_one_gpu_step_is_the_sum_of_the_measured_operations():
     requests = t * m.top_k  # every (token, expert) pair is computed here, one call per slot: linear
     setup = m.layers * t * u
     dense = 2 * t * u  # attention, dense FFN
-    moe = 5 * t * u + requests * u  # attention, gate, pack, shared, combine sum; the experts
+    moe = 6 * t * u + requests * u  # attention, gate, pack, shared, combine sum, the shard's t rows; the experts
     r = run(s).result
     assert r.step_time_s == pytest.approx(setup + m.dense_layers * dense + m.moe_layers * moe)
 
@@ -190,3 +191,18 @@ def test_the_slowest_host_paces_every_gpu():
     assert costs.host_factors(tiny_scenario(with_host(full_table(base.model), 1e-2), cluster=two)) == ()
     t_even, t_uneven = run(even).result.step_time_s, run(uneven).result.step_time_s
     assert t_uneven == pytest.approx(2 * t_even, rel=0.05)
+
+
+def test_a_shards_fixed_work_is_paid_once_per_key_in_grouped_mode():
+    """Grouped runtime (a GPU table): the shard's fixed work on the GPU's received rows joins the key's first
+    expert task once, whatever the slots; without a `shard` op nothing is added."""
+    base = tiny_scenario()
+    table = full_table(base.model, per_node=0)
+    with_shard = tiny_scenario(table, sim={"runtime": "grouped"})
+    without = tiny_scenario([p for p in table if p["op"] != "shard"], sim={"runtime": "grouped"})
+    assert resolve_runtime(with_shard) == "grouped"
+    topo = build_topology(with_shard.cluster)
+    plan = build_plan(with_shard, topo, route_steps(with_shard, topo, placement_for(with_shard))[0])
+    assert float(plan.expert[0].fixed_G[0]) == pytest.approx(64e-5)  # 64 rows received, 1e-5 s each
+    extra = run(with_shard).result.step_time_s - run(without).result.step_time_s
+    assert extra == pytest.approx(with_shard.model.moe_layers * 64e-5, rel=1e-6)

@@ -13,7 +13,11 @@ Each operation (moe.model.shapes.OPS) is timed the way a runtime calls it, at a 
   dispatch           grouping a micro-batch of T tokens by destination rank and packing its wire rows
   expert             one local expert's share of a received shard: R rows for that expert, unpacked,
                      computed, weighted and packed for the combine; the shard holds R rows for each
-                     of `cycle_experts` experts, so that weights come from memory as in a run
+                     of `cycle_experts` experts, so that weights come from memory as in a run; with
+                     the runtime's calls, net of the shard's fixed work (`shard`), which a run pays
+                     once per shard however many experts it holds
+  shard              that fixed work on a shard of T rows: unpacking them, grouping them by slot, the
+                     result's packing (the same call with no row for any local expert)
   shared             Block.shared_forward on T tokens
   dense              the runtime's dense span: ffn_input, dense_forward and the residual add
   combine            summing a micro-batch's returned rows into its T tokens, plus residual and shared
@@ -109,6 +113,14 @@ def _point(op: str, sig: str, tokens: int, context: int, timed: float | tuple[fl
     return point
 
 
+def _net(timed, base, floor: float = 1e-9):
+    """A timer's answer less another's (float or (seconds, host seconds)), each part at least `floor`
+    (noise can make a small difference negative; an OpPoint's seconds are positive)."""
+    if isinstance(timed, tuple):
+        return tuple(max(floor, a - b) for a, b in zip(timed, base, strict=True))
+    return max(floor, timed - base)
+
+
 def _cache(block, batch: int, capacity: int, length: int):
     cache = block.new_cache(batch, capacity)
     cache.length = length
@@ -172,9 +184,10 @@ def cycle_experts(model: Model) -> int:
 
 
 def expert_calls(moe, model: Model, grid: Grid, ops: RuntimeOps, device,
-                 seed: int) -> Iterator[tuple[str, int, int, Call, int]]:
-    """(op, R, 0, call, n): a shard of n x R rows, R for each of the block's n experts (the call's time
-    / n is one expert's share)."""
+                 seed: int) -> Iterator[tuple[str, int, int, Call, int, Call | None]]:
+    """(op, R, 0, call, n, fixed): a shard of n x R rows, R for each of the block's n experts (the call's
+    time / n is one expert's share), and, with the runtime's calls, the same shard with no row for any
+    local expert (its fixed work, the `shard` op on n x R rows; None otherwise)."""
     from moe.model.fp8 import quantize_act
 
     gen = torch.Generator().manual_seed(seed + 1)
@@ -185,10 +198,12 @@ def expert_calls(moe, model: Model, grid: Grid, ops: RuntimeOps, device,
             slot_RK = np.full((n * r, model.top_k), -1, dtype=np.int64)
             slot_RK[:, 0] = np.repeat(np.arange(n), r)
             w_RK = torch.rand(n * r, model.top_k, generator=gen).to(device)
-            yield "expert", r, 0, ops.shard(moe, list(range(n)), x_RD, slot_RK, w_RK), n
+            none_RK = np.full_like(slot_RK, -1)
+            yield "expert", r, 0, ops.shard(moe, list(range(n)), x_RD, slot_RK, w_RK), n, \
+                ops.shard(moe, list(range(n)), x_RD, none_RK, w_RK)
         else:
             parts = [quantize_act(x_RD[e * r:(e + 1) * r]) for e in range(n)]
-            yield "expert", r, 0, lambda parts=parts: [moe.expert_forward(e, x) for e, x in enumerate(parts)], n
+            yield "expert", r, 0, lambda parts=parts: [moe.expert_forward(e, x) for e, x in enumerate(parts)], n, None
 
 
 def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | str = "cpu",
@@ -212,9 +227,17 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
                  if any(want(op) for op in ("gate", "dispatch", "shared", "combine", "dense")) else (),
                  expert_calls(moe, model, grid, ops, device, seed) if want("expert") else ()]
         for gen in calls:
-            for op, t, s, call, *share in gen:  # share: the call does this many units of the op
-                if want(op):
-                    points.append(_point(op, op_signature(model, op, wire), t, s, timer(call), *share))
+            for op, t, s, call, *more in gen:  # more: (units of the op the call does, its fixed-work call)
+                if not want(op):
+                    continue
+                share, fixed = (more + [None])[:2] if more else (1, None)
+                timed = timer(call)
+                if fixed is not None:  # the expert's share is net of the shard's fixed work
+                    base = timer(fixed)
+                    if want("shard"):
+                        points.append(_point("shard", op_signature(model, "shard", wire), t * share, 0, base))
+                    timed = _net(timed, base)
+                points.append(_point(op, op_signature(model, op, wire), t, s, timed, share))
         if ops.kv_setup is not None:
             setups = [("kv_setup.prefill", t, 0) for t in grid.tokens]
             setups += [("kv_setup.decode", b, s) for b, s in grid.decode if b * s <= grid.max_setup]

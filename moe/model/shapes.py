@@ -114,7 +114,7 @@ def total_flops(gemms: list[Gemm]) -> int:
 
 
 # -------------------------------------------------------------------------------- operation signatures
-OPS = ("attention.prefill", "attention.decode", "gate", "dispatch", "expert", "shared", "dense", "combine",
+OPS = ("attention.prefill", "attention.decode", "gate", "dispatch", "expert", "shard", "shared", "dense", "combine",
        "kv_setup.prefill", "kv_setup.decode")
 """The runtime's operations that moe.model.optable times and the simulator looks up (cluster.op_table)."""
 EXCHANGE = "exchange"
@@ -137,6 +137,8 @@ def op_signature(model: Model, op: str, wire: tuple[str, str] = ("fp8", "bf16"))
         return f"d{d}k{model.top_k}-{wire[0]}"
     if op == "expert":
         return f"d{d}f{model.expert_hidden}-{w}-{wire[0]}-{wire[1]}"
+    if op == "shard":
+        return f"d{d}k{model.top_k}-{wire[0]}-{wire[1]}"
     if op == "shared":
         return f"d{d}f{model.expert_hidden}x{model.shared_experts}-{w}"
     if op == "dense":
