@@ -32,6 +32,7 @@ from emu import dispatch as dp  # noqa: E402
 from emu import runtime as er  # noqa: E402
 from moe.model.layer import Block  # noqa: E402
 from real import transport as rt  # noqa: E402
+from real.groups import forget_process_groups  # noqa: E402
 
 TIMES: dict[str, list[float]] = {}
 WRAPPED = [(dist, "all_to_all_single"), (dist, "batch_isend_irecv"), (rt, "poll_until"),
@@ -91,7 +92,7 @@ def main() -> int:
         rank = bench.rank
         bench.sync()
         real_perf.rdist.finish()
-        rt.forget_process_groups()
+        forget_process_groups()
     else:
         from moe.cli.main import main as cli
 

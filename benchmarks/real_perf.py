@@ -91,7 +91,7 @@ class Bench:
 
     def __init__(self, args):
         from real.backend import dist_backend
-        from real.transport import process_groups
+        from real.groups import process_groups
 
         self.args = args
         self.backend = "gloo" if args.quick else dist_backend()
@@ -310,7 +310,7 @@ def measure_exchange(b: Bench) -> dict:
 
 # ------------------------------------------------------------------------------------------------ report
 def worker(args) -> int:
-    from real.transport import forget_process_groups
+    from real.groups import forget_process_groups
 
     b = Bench(args)
     gemm = b.gather(measure_gemm(b))

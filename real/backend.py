@@ -47,8 +47,9 @@ def run_ranks(scenario: Scenario, transport: str | None = None) -> RunOutput | N
     from emu.faults import abort_on_error
     from emu.launch import hand_off
     from emu.report import build_output
+    from real.groups import forget_process_groups, process_groups
     from real.job import RealJob
-    from real.transport import RealTransport, forget_process_groups, process_groups
+    from real.transport import RealTransport
 
     backend, timeout_s = dist_backend(), scenario.real.timeout_s
     dist.init(backend, timeout_s=timeout_s)

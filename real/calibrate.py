@@ -213,7 +213,8 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
     from moe.model.fp8 import wire_bytes_per_token
     from moe.model.optable import uniform_routing
     from moe.model.shapes import EXCHANGE, op_signature
-    from real.transport import RealTransport, process_groups
+    from real.groups import process_groups
+    from real.transport import RealTransport
 
     ranks, backend = dist.get_world_size(), dist.get_backend()
     dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")

@@ -164,7 +164,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     from real import dist as rdist
-    from real.transport import RealTransport, forget_process_groups, process_groups
+    from real.groups import forget_process_groups, process_groups
+    from real.transport import RealTransport
 
     backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "gloo"
     variants = argv[argv.index("--variants") + 1].split(",") if "--variants" in argv else list(VARIANTS)

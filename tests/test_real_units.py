@@ -14,7 +14,7 @@ from emu import dispatch as dp
 @pytest.fixture(scope="module")
 def groups():
     from real import dist
-    from real.transport import forget_process_groups, process_groups
+    from real.groups import forget_process_groups, process_groups
 
     dist.init("gloo", timeout_s=30)
     yield process_groups("gloo", 30)
