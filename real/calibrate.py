@@ -12,7 +12,7 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
 - NCCL `all_to_all_single` bus bandwidth (busbw = algbw (n-1)/n, nccl-tests' definition) and a
   `batch_isend_irecv` ring (bytes per direction per GPU) over message sizes -> `alltoall_curve`,
   `p2p_curve`; the largest-size all-to-all bus bandwidth -> `nvlink_GBps`; half a small-message ping-pong
-  between ranks 0 and 1 -> `nvlink_latency_us`.
+  between ranks 0 and 1 -> `nvlink_latency_us` (`real.nccl_curves`).
 - the runtime's own operations (moe.model.optable with the emulator runtime's calls, emu.calibrate
   `runtime_ops`, received rows on the device as NCCL leaves them) of every model in MODELS, over the
   token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
@@ -41,6 +41,7 @@ from pathlib import Path
 from moe.errors import SpecError
 from moe.spec.loader import build_scenario, load_preset, read_yaml
 from moe.spec.schema import Model, RealOptions, Scenario
+from real.nccl_curves import measure_alltoall, measure_latency_us, measure_ring_p2p
 
 ROWS_FULL = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 ROWS_QUICK = (128, 1024, 4096)
@@ -297,71 +298,6 @@ def measure_launch_us(calls: int = 2000) -> float:
     return (time.perf_counter() - t0) / calls * 1e6
 
 
-def measure_alltoall(sizes: tuple[int, ...], repeats: int) -> list[dict]:
-    """all_to_all_single bus bandwidth per bytes-per-rank: busbw = (bytes / time) (n-1)/n."""
-    import torch
-    import torch.distributed as dist
-
-    n = dist.get_world_size()
-    out = []
-    for size in sizes:
-        chunk = max(1, size // n)
-        send = torch.empty(chunk * n, dtype=torch.uint8, device="cuda")
-        recv = torch.empty_like(send)
-        dist.barrier()
-        t = cuda_time_s(lambda s=send, r=recv: dist.all_to_all_single(r, s), warmup=3, repeats=repeats)
-        out.append({"bytes": chunk * n, "GBps": round(chunk * n / t / 1e9 * (n - 1) / n, 2)})
-    return out
-
-
-def measure_ring_p2p(sizes: tuple[int, ...], repeats: int) -> list[dict]:
-    """batch_isend_irecv ring (send to rank+1, receive from rank-1): bytes per direction per GPU / time."""
-    import torch
-    import torch.distributed as dist
-
-    r, n = dist.get_rank(), dist.get_world_size()
-    out = []
-    for size in sizes:
-        send = torch.empty(size, dtype=torch.uint8, device="cuda")
-        recv = torch.empty_like(send)
-
-        def ring(s=send, v=recv):
-            ops = [dist.P2POp(dist.isend, s, (r + 1) % n), dist.P2POp(dist.irecv, v, (r - 1) % n)]
-            for work in dist.batch_isend_irecv(ops):
-                work.wait()
-
-        dist.barrier()
-        t = cuda_time_s(ring, warmup=3, repeats=repeats)
-        out.append({"bytes": size, "GBps": round(size / t / 1e9, 2)})
-    return out
-
-
-def measure_latency_us(repeats: int) -> float:
-    """Half the round trip of an 8-byte message between ranks 0 and 1 (others idle at the barrier)."""
-    import time
-
-    import torch
-    import torch.distributed as dist
-
-    r = dist.get_rank()
-    buf = torch.zeros(8, dtype=torch.uint8, device="cuda")
-    samples = []
-    for i in range(repeats + 5):
-        dist.barrier()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        if r == 0:
-            dist.send(buf, 1)
-            dist.recv(buf, 1)
-        elif r == 1:
-            dist.recv(buf, 0)
-            dist.send(buf, 0)
-        torch.cuda.synchronize()
-        if i >= 5:
-            samples.append((time.perf_counter() - t0) / 2 * 1e6)
-    return statistics.median(samples)
-
-
 def _median_table(tables: list[list[dict]]) -> list[dict]:
     """Per entry, the median TFLOPS over ranks (every rank measured the same list in the same order)."""
     return [{**first, "TFLOPS": round(statistics.median(t[i]["TFLOPS"] for t in tables), 1)}
@@ -399,8 +335,8 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     dist.all_gather_object(op_runs, ops)
     exchange = measure_exchange_ops(models, grid.tokens, reps)
     multi = dist.get_world_size() > 1
-    a2a = measure_alltoall(sizes, reps) if multi else []
-    p2p = measure_ring_p2p(sizes, reps) if multi else []
+    a2a = measure_alltoall(sizes, reps, cuda_time_s) if multi else []
+    p2p = measure_ring_p2p(sizes, reps, cuda_time_s) if multi else []
     latency = measure_latency_us(reps) if multi else 0.0
     hbm, bf16, launch = measure_hbm_GBps(reps), measure_bf16_peak(reps), measure_launch_us()
     if dist.get_rank() != 0:
