@@ -90,12 +90,12 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
     cum_GC1 = np.concatenate([np.zeros((g, 1)), np.cumsum(share_GC, axis=1)], axis=1)
     whole = expert_s(s, slot_GS)
     runs = np.zeros((g, chunks, chunks + 1))
-    host = expert_issue_s(s, slot_GS, rows_G)
     if runtime == "grouped":
         for i in range(chunks):
             for j in range(i + 1, chunks + 1):
                 runs[:, i, j] = expert_s(s, slot_GS * (cum_GC1[:, j] - cum_GC1[:, i])[:, None])
-        return ExpertWork(runs_GCC1=runs, whole_G=whole, host_G=host, fixed_G=shard_s(s, rows_G))
+        return ExpertWork(runs_GCC1=runs, whole_G=whole, host_G=expert_issue_s(s, slot_GS, rows_G),
+                          fixed_G=shard_s(s, rows_G))
     frac_GG = pair_GG / np.maximum(rows_G, 1e-300)[None, :]  # [src, dst]: share of dst's rows
     per_src_GG = np.stack([expert_s(s, slot_GS * frac_GG[src][:, None]) + shard_s(s, pair_GG[src])
                            for src in range(g)])
@@ -106,6 +106,8 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
             runs[:, i, j] = remote * (cum_GC1[:, j] - cum_GC1[:, i])
     if s.schedule.overlap:  # a shard per source, else one of every source's rows
         host = sum(expert_issue_s(s, slot_GS * frac_GG[src][:, None], pair_GG[src]) for src in range(g))
+    else:
+        host = expert_issue_s(s, slot_GS, rows_G)
     return ExpertWork(runs_GCC1=runs, whole_G=whole + shard_s(s, rows_G), local_G=local,
                       host_G=np.asarray(host, dtype=np.float64))
 

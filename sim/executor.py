@@ -265,12 +265,10 @@ class Executor:
             first = False
             if got is not None:
                 dur, final = got
-                first = not e.issued  # the key's shard: its fixed work and the host's loop, once
-                e.issued = True
-                if first:
-                    dur += self.fixed[e.pattern][st.g]
-                end = self._spans(st.g, e.layer, e.mb, now, [(int(Op.EXPERT), dur)])
-                if first:
+                end = self._spans(st.g, e.layer, e.mb, now,
+                                  [(int(Op.EXPERT), dur + (0.0 if e.issued else self.fixed[e.pattern][st.g]))])
+                if not e.issued:  # the key's shard: its fixed work and the host's loop, once
+                    e.issued = True
                     end = self._issued(st, e.layer, e.mb, end, self.host_expert[e.pattern][st.g])
                 if final:
                     e.done = True
