@@ -2,13 +2,17 @@
 
     torchrun --nproc-per-node 4 benchmarks/real_host_time.py exchange --out results/host_time
     torchrun --nproc-per-node 4 benchmarks/real_host_time.py run SPEC --out results/host_time
+    torchrun --nproc-per-node 4 benchmarks/real_host_time.py counts --out results/host_time
     torchrun --nproc-per-node 2 benchmarks/real_host_time.py exchange --quick --out /tmp/host_time  # CPU, gloo
 
 Wraps the calls below with host timers (time.perf_counter around each call; no synchronization added),
 then runs either `real_perf.py`'s exchange measurement (one MoE layer's dispatch + combine of every
 micro-batch through both transports, no compute) or a whole `moetb run SPEC --backend real`. Each rank
 writes OUT/host_<what>_<rank>.txt: per call, count, median, 90th percentile, max and total over the
-second half of the calls (the first half holds warm-up and connection set-up). On a GPU the host only
+second half of the calls (the first half holds warm-up and connection set-up). `counts` times the counts
+round trip alone (`RealTransport.exchange_counts`, COUNTS_CALLS calls of the `paper` grid's row shape)
+against its floor: the same all-to-all of counts already on the device, host waiting for its stream
+("bare_counts_on_device"). On a GPU the host only
 enqueues work, so these are the costs the device waits for when the host is the bottleneck.
 """
 
@@ -35,6 +39,7 @@ from real import transport as rt  # noqa: E402
 from real.groups import forget_process_groups  # noqa: E402
 
 TIMES: dict[str, list[float]] = {}
+COUNTS_CALLS = 400
 WRAPPED = [(dist, "all_to_all_single"), (dist, "batch_isend_irecv"), (rt, "poll_until"),
            (rt.RealTransport, "exchange_counts"), (rt.RealTransport, "_issue"), (rt.RealTransport, "ready"),
            (rt.RealTransport, "test_some"), (dp, "plan_dispatch"), (dp, "pack_rows"), (dp, "post_dispatch"),
@@ -69,9 +74,29 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def time_counts(bench) -> None:
+    """The counts round trip through the transport, then its floor (module docstring)."""
+    import numpy as np
+    import torch
+
+    tr = bench.transport("all_to_all")
+    send_RX = np.ones((bench.size, 1 + bench.plan.placement.slots_per_gpu), dtype=np.int64)
+    for _ in range(COUNTS_CALLS):
+        tr.exchange_counts(send_RX, dp.tag(0, dp.KIND_COUNTS))
+    send_t = torch.from_numpy(send_RX).to(bench.device)
+    recv_t = torch.empty_like(send_t)
+    label = "bare_counts_on_device"
+    for _ in range(COUNTS_CALLS):
+        start = time.perf_counter()
+        dist.all_to_all_single(recv_t, send_t, group=bench.groups.counts)
+        if bench.device.type == "cuda":
+            torch.cuda.current_stream(bench.device).synchronize()
+        TIMES.setdefault(label, []).append(time.perf_counter() - start)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("exchange", "run"))
+    p.add_argument("what", choices=("exchange", "run", "counts"))
     p.add_argument("spec", nargs="?", help="scenario YAML (run)")
     p.add_argument("--out", required=True, help="folder for the per-rank tables")
     p.add_argument("--quick", action="store_true", help="exchange: the tiny model over gloo (CPU)")
@@ -82,13 +107,16 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for owner, name in WRAPPED:
         timed(owner, name)
-    if args.what == "exchange":
+    if args.what in ("exchange", "counts"):
         import real_perf
 
         bench = real_perf.Bench(argparse.Namespace(quick=args.quick, spec=None, set=[], warmup=3, repeats=10,
                                                    ranks=int(os.environ.get("WORLD_SIZE", "1"))))
         TIMES.clear()  # model building and group set-up are not the exchange's
-        real_perf.measure_exchange(bench)
+        if args.what == "exchange":
+            real_perf.measure_exchange(bench)
+        else:
+            time_counts(bench)
         rank = bench.rank
         bench.sync()
         real_perf.rdist.finish()
@@ -98,7 +126,7 @@ def main() -> int:
 
         cli(["run", args.spec, "--backend", "real", "--out", str(out / f"run_{Path(args.spec).stem}")])
         rank = int(os.environ.get("RANK", "0"))
-    name = "exchange" if args.what == "exchange" else Path(args.spec).stem
+    name = args.what if args.what != "run" else Path(args.spec).stem
     (out / f"host_{name}_{rank}.txt").write_text(table())
     if rank == 0:
         print(table())

@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from emu import dispatch as dp
 from emu.faults import report_failure
-from emu.transport import CountsExchange, Pending, Transport, WaitTimeout, host_to, poll_until
+from emu.transport import CountsExchange, Pending, Transport, WaitTimeout, poll_until
 from real.groups import Groups
 from real.stall import guard
 
@@ -154,21 +154,18 @@ class RealTransport(Transport):
             recv_t = torch.empty(send.shape, dtype=torch.int64)
             dist.all_to_all_single(recv_t, torch.from_numpy(send), group=self.pg.counts)  # bounded: group timeout
             return CountsExchange(key=key, send_RX=send, recv_RX=recv_t.numpy())
-        stream = self.streams["counts"]
-        with torch.cuda.stream(stream):  # its own stream: it waits for no compute and no shard transfer
-            send_t = host_to(torch.from_numpy(send), self.device)
+        # the host waits here, the one host synchronization per (layer, micro-batch): the receiver must know
+        # its shard sizes before it posts their receives. Plain copies (pageable memory, each waits for its
+        # stream) cost less host time than pinned staging and an event poll (4 x H100: 157 against 255 us a
+        # round trip, `.probe`-style microbenchmark in benchmarks/README.md); the guard bounds the whole
+        # round trip, so a dead peer ends the job instead of hanging it
+        with torch.cuda.stream(self.streams["counts"]), \
+                self._guarded(f"the counts all-to-all of exchange {dp.key_of_tag(key)}"):
+            send_t = torch.from_numpy(send).to(self.device)  # its own stream: waits for no compute or shard
             recv_t = torch.empty_like(send_t)
-            with self._guarded(f"the counts all-to-all of exchange {dp.key_of_tag(key)}"):
-                dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
-            host = torch.empty(send.shape, dtype=torch.int64, pin_memory=True)
-            host.copy_(recv_t, non_blocking=True)
-            arrived = torch.cuda.Event()
-            arrived.record(stream)
-        # host synchronization, the only one per (layer, micro-batch): the receiver must know its shard sizes
-        # before it posts their receives (bounded, so a dead peer ends the job instead of hanging it)
-        poll_until(lambda: True if arrived.query() else None, self.timeout_s,
-                   f"the counts of exchange {dp.key_of_tag(key)}", self.rank, self.spin_s)
-        return CountsExchange(key=key, send_RX=send, recv_RX=host.numpy().copy())
+            dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
+            recv = recv_t.cpu().numpy()
+        return CountsExchange(key=key, send_RX=send, recv_RX=recv)
 
     # ------------------------------------------------------------------------------ shard groups
     def _group(self, tags: Sequence[int]) -> Group:
