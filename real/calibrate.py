@@ -17,8 +17,9 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   `runtime_ops`, received rows on the device as NCCL leaves them) of every model in MODELS, over the
   token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
   every rank's tokens at once), by CUDA events, with the host time of each call (`host_s`: issuing its
-  kernels) -> `op_table` (per_node 0: a GPU per rank; median over ranks), and each rank's host time
-  relative to the median rank's -> `host_factors` (the simulator runs each GPU's host at one of them).
+  kernels, caches cold as in a run: `host_scrub`) -> `op_table` (per_node 0: a GPU per rank; median over
+  ranks), and each rank's host time relative to the median rank's -> `host_factors` (the simulator runs
+  each GPU's host at one of them).
   Its `model` keys are per-operation signatures, so `paper` or `deepseek-v3` with fewer experts or layers
   (E = G, E > G) reuses the attention, expert, shared and dense entries; the gate, dispatch and combine
   depend on E and top-k: `--scenario FILE` (repeatable) measures the models of those
@@ -34,6 +35,7 @@ simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on
 from __future__ import annotations
 
 import datetime
+import functools
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,9 +70,30 @@ def cuda_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     return cuda_times_s(fn, warmup, repeats)[0]
 
 
-def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, float]:
+SCRUB_BYTES = 256 << 20
+"""Host memory `host_scrub` sweeps: more than the last-level cache of the CPUs that host H100s (Xeon
+Sapphire Rapids 105 MB per socket, EPYC Genoa 32 MB per CCD; vendors' data sheets)."""
+_SCRUB: list = []
+
+
+def host_scrub() -> None:
+    """Evict the host's caches: read one byte of every 64-byte line of SCRUB_BYTES. In a run dozens of
+    other calls (attention, gate, the protocol's planning and bookkeeping, the transport) run between two
+    calls of one op and evict its code and data from the CPU caches; timed back to back, a call finds them
+    warm and issues its kernels faster than it does in a run. Called before each timed call of an
+    op-table point, so that the point's host time is the run's (cold) one."""
+    import numpy as np
+
+    if not _SCRUB:
+        _SCRUB.append(np.ones(SCRUB_BYTES, dtype=np.uint8))
+    _SCRUB[0][::64].sum()
+
+
+def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
+                 before: Callable[[], object] | None = None) -> tuple[float, float]:
     """(device, host) median seconds of fn(), each call on an idle GPU, after `warmup` calls: CUDA events
-    around the call, and the host clock from the call to its return (issuing its kernels)."""
+    around the call, and the host clock from the call to its return (issuing its kernels). `before`
+    (host work, e.g. `host_scrub`) runs untimed before each timed call."""
     import time
 
     import torch
@@ -80,6 +103,8 @@ def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[f
     torch.cuda.synchronize()
     samples, host = [], []
     for _ in range(repeats):
+        if before is not None:
+            before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         t0 = time.perf_counter()
@@ -190,7 +215,8 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[di
         if not todo:
             continue
         seen.update((op, op_signature(m, op, wire)) for op in todo)
-        out += measure(m, lambda fn: cuda_times_s(fn, warmup=2, repeats=repeats), grid, device=dev,
+        timer = functools.partial(cuda_times_s, warmup=2, repeats=repeats, before=host_scrub)
+        out += measure(m, timer, grid, device=dev,
                        ops=runtime_ops(dev, wire, host_wire=False), ranks=dist.get_world_size(), wire=wire,
                        only=todo)
         torch.cuda.empty_cache()
@@ -238,6 +264,7 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
             times = []
             for i in range(2 + repeats):
                 tr.reset()
+                host_scrub()  # cold host caches, as in a run (host_scrub)
                 sync()
                 dist.barrier(group=groups.objects)
                 t0 = time.perf_counter()
