@@ -7,6 +7,11 @@ For every case: `moetb validate SPEC --backends sim,real --ranks G --out OUT/<ca
 with the calibrated profile, the real backend measures, both Results and validate.json are written), then
 one markdown table of step-time errors (OUT/README.md) with the card and date. `--list` prints the cases.
 
+    python benchmarks/validation_grid.py --repredict experiments/validation/h100x4-c --profile OTHER.yaml
+
+re-predicts a grid's measured cases with another profile (no GPU: the simulator only), so that two
+calibrations can be compared on the same measurements.
+
 The grid spans what issue 7 asks: tokens per GPU 256..8192, overlap on and off, uniform and zipf routing,
 `paper` (7168 -> 18432 -> 7168) and `deepseek-v3` (7168 -> 2048 -> 7168) experts, E = G and E > G, on 4, 2
 and 1 GPUs. Models are cut to 4 layers (1 dense + 3 MoE) so a case runs in seconds; the per-layer costs are
@@ -128,6 +133,25 @@ def table(rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def repredict(folder: Path, profile: str) -> str:
+    """Step-time errors of the simulator with `profile` against the measurements in `folder`."""
+    from moe.spec.loader import build_scenario
+    from sim.backend import run as sim_run
+
+    lines, errs = [f"{'case':30s} {'predicted ms':>12s} {'measured ms':>12s} {'error':>7s}"], []
+    for case in sorted(p for p in folder.glob("g*") if (p / "real" / "result.json").exists()):
+        spec = yaml.safe_load((case / "spec.yaml").read_text())
+        spec["cluster"]["preset"] = profile
+        predicted = sim_run(build_scenario(spec)).result.step_time_s
+        measured = json.loads((case / "real" / "result.json").read_text())["step_time_s"]
+        errs.append(predicted / measured - 1)
+        lines.append(f"{case.name:30s} {predicted * 1e3:12.2f} {measured * 1e3:12.2f} {errs[-1]:+7.1%}")
+    a = [abs(e) for e in errs]
+    lines.append(f"{len(a)} cases: median |error| {statistics.median(a):.1%}, max {max(a):.1%}, "
+                 f"within 10%: {sum(e <= 0.1 for e in a)}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", required=True,
@@ -137,7 +161,12 @@ def main() -> int:
     parser.add_argument("--out", default="results/validation")
     parser.add_argument("--gpus", default="4,2,1", help="comma-separated GPU counts to run")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--repredict", type=Path, metavar="FOLDER",
+                        help="re-predict FOLDER's measured cases with --profile (simulator only) and print the errors")
     args = parser.parse_args()
+    if args.repredict:
+        print(repredict(args.repredict, str(Path(args.profile).resolve())))
+        return 0
     counts = [int(g) for g in args.gpus.split(",")]
     if args.list:
         for g in counts:
