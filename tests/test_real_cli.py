@@ -66,7 +66,11 @@ def test_one_rank_runs_in_process():
     r = out.result
     assert r.backend == "real" and r.repeats == 3 and r.extra["transport"] == "gloo all_to_all"
     assert r.extra["traffic_matches_model"] and r.step_time_s > 0
-    assert {s.lane for s in out.trace.spans} == {"compute"}  # one rank: no waits on peers
+    names = {s.name for s in out.trace.spans}
+    assert {"attention", "gate", "expert", "combine"} <= names
+    # one rank: no peer to wait for; gloo still completes its own collectives on a thread, which a loaded
+    # host can make the runtime wait for (a comm span), so only the lanes' names are checked
+    assert {s.lane for s in out.trace.spans} <= {"compute", "comm"}
 
 
 @pytest.mark.gpu
