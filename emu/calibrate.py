@@ -13,10 +13,11 @@ median of repeats; across ranks the median is kept.
   outside the table);
 - op_table: the runtime's own operations (moe.model.optable: attention, gate, dispatch packing, expert
   shards, shared expert, dense FFN, combine, the per-step KV cache setup) of every model in OP_MODELS,
-  timed with this module's `runtime_ops` (the emu.dispatch calls the runtime makes). Each point is
-  measured twice: with every rank measuring at once (per_node = ranks, threads = cores / ranks, as an
-  emulator run of that many ranks) and with rank 0 alone (per_node = 1, every core), the other ranks
-  sleeping; in OP_PASSES passes over the grid, the slowest rank of a pass, the median pass;
+  timed with this module's `runtime_ops` (the emu.dispatch calls the runtime makes), each call after a
+  cache-evicting pass (emu.coldcache). Each point is measured twice: with every rank measuring at once
+  (per_node = ranks, threads = cores / ranks, as an emulator run of that many ranks) and with rank 0
+  alone (per_node = 1, every core), the other ranks sleeping; in OP_PASSES passes over the grid, the
+  slowest rank of a pass, the median pass;
 - hbm_GBps: bytes read + written by a large tensor copy; launch_overhead_us: one minimal torch op;
 - p2p_curve, nvlink_GBps: OSU bandwidth from rank 0 to rank 1 (a window of Isends, Irecvs posted ahead,
   Waitall, a one-byte acknowledgement), at the largest size for nvlink_GBps; nvlink_latency_us: half
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emu.coldcache import cold_median_s, default_flusher
 from emu.job import ranks_on_host, set_threads
 from emu.report import cpu_name
 from moe.spec.loader import load_preset
@@ -235,8 +237,8 @@ def op_grid(quick: bool):
 
 
 def op_timer(fn: Callable[[], object]) -> float:
-    """One pass's time of an operation: the median of 3 calls after a warm-up call."""
-    return median_time_s(fn, 1, 3)
+    """One pass's time of an operation: the median of 3 calls after a warm-up call, caches evicted (coldcache)."""
+    return cold_median_s(fn, default_flusher(), 1, 3)
 
 
 def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True):
