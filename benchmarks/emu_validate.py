@@ -9,8 +9,8 @@ The simulator predicts each (deterministic; the same library call as `moetb vali
 sim,emu`); the emulator measures it in `--rounds` rounds, every scenario once per round, so a burst of
 load on this shared machine hits one round of a scenario rather than all of them. The table gives the
 median of the rounds' step times (each itself the emulator's median over its repeats), their range, the
-prediction's error against the median and against the fastest round (the calibration keeps each
-operation's fastest pass: the host's speed when other jobs leave it alone), and the largest phases. The
+prediction's error against the median and against the fastest round (the host's speed when other jobs
+leave it alone; calibration keeps each operation's median pass, emu.calibrate), and the largest phases. The
 issue's target: |error| of step time <= 15% where ranks <= cores.
 """
 

@@ -98,7 +98,7 @@ def main() -> int:
         for r in range(ROUNDS):
             for mode in ("warm", "cold"):
                 timer = functools.partial(times, warmup=2, repeats=args.repeats,
-                                          before=host_scrub if mode == "cold" else None)
+                                          before=host_scrub() if mode == "cold" else None)
                 for pt in measure(model, timer, grid, device=dev, ops=runtime_ops(dev, wire, host_wire=False),
                                   ranks=1, wire=wire, only=OPS):
                     key = (name, pt["op"], pt["tokens"], pt["context"])

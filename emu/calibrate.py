@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu.coldcache import cold_median_s, default_flusher
+from emu.coldcache import default_flusher, median_time_s
 from emu.job import ranks_on_host, set_threads
 from emu.report import cpu_name
 from moe.spec.loader import load_preset
@@ -49,17 +49,6 @@ BYTES_FULL = tuple(1 << p for p in range(10, 25, 2))  # 1 KiB .. 16 MiB
 BYTES_QUICK = (1 << 12, 1 << 20, 1 << 22)
 WINDOW = 64
 """Messages in flight per OSU bandwidth iteration (osu_bw's default window size)."""
-
-
-def median_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def gemm_table(rows: tuple[int, ...], repeats: int) -> list[dict]:
@@ -238,7 +227,7 @@ def op_grid(quick: bool):
 
 def op_timer(fn: Callable[[], object]) -> float:
     """One pass's time of an operation: the median of 3 calls after a warm-up call, caches evicted (coldcache)."""
-    return cold_median_s(fn, default_flusher(), 1, 3)
+    return median_time_s(fn, 1, 3, before=default_flusher())
 
 
 def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True):

@@ -71,29 +71,27 @@ def cuda_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
 
 
 SCRUB_BYTES = 256 << 20
-"""Host memory `host_scrub` sweeps: more than the last-level cache of the CPUs that host H100s (Xeon
+"""Host memory `host_scrub` passes over: more than the last-level cache of the CPUs that host H100s (Xeon
 Sapphire Rapids 105 MB per socket, EPYC Genoa 32 MB per CCD; vendors' data sheets)."""
-_SCRUB: list = []
 
 
-def host_scrub() -> None:
-    """Evict the host's caches: read one byte of every 64-byte line of SCRUB_BYTES. In a run dozens of
-    other calls (attention, gate, the protocol's planning and bookkeeping, the transport) run between two
-    calls of one op and evict its code and data from the CPU caches; timed back to back, a call finds them
-    warm and issues its kernels faster than it does in a run. Called before each timed call of an
-    op-table point, so that the point's host time is the run's (cold) one."""
-    import numpy as np
+@functools.lru_cache(maxsize=1)
+def host_scrub() -> Callable[[], object]:
+    """The pass (`emu.coldcache.CacheFlusher` over SCRUB_BYTES) run before each timed call of an op-table
+    point: in a run dozens of other calls (attention, gate, the protocol's planning and bookkeeping, the
+    transport) run between two calls of one op and evict its code and data from the CPU caches; timed back
+    to back, a call finds them warm and issues its kernels 1.4-5x faster than in a run (one H100 host,
+    `benchmarks/host_cold.py`)."""
+    from emu.coldcache import CacheFlusher
 
-    if not _SCRUB:
-        _SCRUB.append(np.ones(SCRUB_BYTES, dtype=np.uint8))
-    _SCRUB[0][::64].sum()
+    return CacheFlusher(SCRUB_BYTES)
 
 
 def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
                  before: Callable[[], object] | None = None) -> tuple[float, float]:
     """(device, host) median seconds of fn(), each call on an idle GPU, after `warmup` calls: CUDA events
     around the call, and the host clock from the call to its return (issuing its kernels). `before`
-    (host work, e.g. `host_scrub`) runs untimed before each timed call."""
+    (host work, e.g. `host_scrub()`) runs untimed before each timed call."""
     import time
 
     import torch
@@ -215,7 +213,7 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[di
         if not todo:
             continue
         seen.update((op, op_signature(m, op, wire)) for op in todo)
-        timer = functools.partial(cuda_times_s, warmup=2, repeats=repeats, before=host_scrub)
+        timer = functools.partial(cuda_times_s, warmup=2, repeats=repeats, before=host_scrub())
         out += measure(m, timer, grid, device=dev,
                        ops=runtime_ops(dev, wire, host_wire=False), ranks=dist.get_world_size(), wire=wire,
                        only=todo)
@@ -264,7 +262,7 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
             times = []
             for i in range(2 + repeats):
                 tr.reset()
-                host_scrub()  # cold host caches, as in a run (host_scrub)
+                host_scrub()()  # cold host caches, as in a run (host_scrub)
                 sync()
                 dist.barrier(group=groups.objects)
                 t0 = time.perf_counter()

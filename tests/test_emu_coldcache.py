@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from emu.coldcache import FALLBACK_LLC_BYTES, CacheFlusher, cold_median_s, last_level_cache_bytes, parse_cache_size
+from emu.coldcache import (
+    FALLBACK_LLC_BYTES,
+    LINE_BYTES,
+    CacheFlusher,
+    last_level_cache_bytes,
+    median_time_s,
+    parse_cache_size,
+)
 
 
 @pytest.mark.parametrize(("text", "nbytes"), [("32768K\n", 32 << 20), ("1M", 1 << 20), ("512", 512), ("2G", 2 << 30)])
@@ -32,16 +39,14 @@ def test_last_level_cache_falls_back_without_sysfs(tmp_path):
     assert last_level_cache_bytes(tmp_path / "missing") == FALLBACK_LLC_BYTES
 
 
-def test_flusher_writes_its_whole_buffer():
-    f = CacheFlusher(4096)
-    f()
-    f()
-    assert f.nbytes == 4096 and int(f.buf.min()) == int(f.buf.max()) == 2
+def test_flusher_reads_every_cache_line_of_its_buffer():
+    f = CacheFlusher(4096 + 1)
+    assert f.nbytes == 4097 and f() == 4096 // LINE_BYTES + 1
 
 
 def test_every_call_follows_a_flush_that_is_not_timed():
     events = []
-    t = cold_median_s(lambda: events.append("call"), lambda: events.append("flush"), warmup=1, repeats=3)
+    t = median_time_s(lambda: events.append("call"), warmup=1, repeats=3, before=lambda: events.append("flush"))
     assert events == ["flush", "call"] * 4
     assert t >= 0
 
@@ -49,5 +54,5 @@ def test_every_call_follows_a_flush_that_is_not_timed():
 def test_flush_time_is_not_counted():
     import time
 
-    t = cold_median_s(lambda: None, lambda: time.sleep(0.02), warmup=0, repeats=3)
+    t = median_time_s(lambda: None, warmup=0, repeats=3, before=lambda: time.sleep(0.02))
     assert t < 0.01
