@@ -18,7 +18,6 @@ import argparse
 import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +32,11 @@ QUICK = {"tokens": (16, 64), "rows": (16,), "prefill": ((16, 64),)}
 
 
 def host_times_s(fn, warmup: int, repeats: int, before=None) -> tuple[float, float]:
-    """CPU stand-in for real.calibrate.cuda_times_s (--quick): host clock for both answers."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out), statistics.median(out)
+    """CPU stand-in for real.calibrate.cuda_times_s (--quick): the host clock for both answers."""
+    from emu.coldcache import median_time_s
+
+    t = median_time_s(fn, warmup, repeats, before)
+    return t, t
 
 
 def report(passes: dict, device: str, torch_version: str, repeats: int, out: Path) -> str:

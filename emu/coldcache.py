@@ -36,7 +36,7 @@ import numpy as np
 
 CACHE_ROOT = Path("/sys/devices/system/cpu/cpu0/cache")
 FLUSH_LLC_MULTIPLE = 2
-"""Buffer bytes per last-level cache byte: written once, twice the cache's capacity leaves none of the
+"""Buffer bytes per last-level cache byte: passed over once, twice the cache's capacity leaves none of the
 timed operation's lines in a cache with (pseudo-)LRU replacement."""
 LINE_BYTES = 64
 """Cache line of x86-64 CPUs (and of the Arm Neoverse cores of Grace)."""
