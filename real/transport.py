@@ -156,10 +156,9 @@ class RealTransport(Transport):
             return CountsExchange(key=key, send_RX=send, recv_RX=recv_t.numpy())
         # the host waits here, the one host synchronization per (layer, micro-batch): the receiver must know
         # its shard sizes before it posts their receives. Plain copies (pageable memory, each waits for its
-        # stream) cost less host time than the pinned staging and event poll they replaced (4 x H100: 220 us
-        # a round trip by `benchmarks/real_host_time.py counts`, the all-to-all alone 61 us; 255-325 us
-        # before, benchmarks/README.md); the guard bounds the whole round trip, so a dead peer ends the job
-        # instead of hanging it
+        # stream) replace pinned staging and an event poll (4 x H100: 220 us a round trip by
+        # `benchmarks/real_host_time.py counts`, the all-to-all alone 61 us); the guard bounds the whole
+        # round trip, so a dead peer ends the job instead of hanging it
         with torch.cuda.stream(self.streams["counts"]), \
                 self._guarded(f"the counts all-to-all of exchange {dp.key_of_tag(key)}"):
             send_t = torch.from_numpy(send).to(self.device)  # its own stream: waits for no compute or shard
