@@ -225,9 +225,13 @@ def op_grid(quick: bool):
                 max_setup=MAX_SETUP)
 
 
-def op_timer(fn: Callable[[], object]) -> float:
-    """One pass's time of an operation: the median of 3 calls after a warm-up call, caches evicted (coldcache)."""
-    return median_time_s(fn, 1, 3, before=default_flusher())
+def op_timer(comm, together: bool) -> Callable[[Callable[[], object]], float]:
+    """One pass's time of an operation: the median of 3 calls after a warm-up call, each after the
+    cache-evicting pass (coldcache); `together` (every rank measuring): each call starts once every rank
+    has made its pass, so that no rank's pass evicts another's caches while that one is timed."""
+    flush = default_flusher()
+    before = (lambda: (flush(), sleep_barrier(comm))) if together else flush
+    return lambda fn: median_time_s(fn, 1, 3, before=before)
 
 
 def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True):
@@ -310,10 +314,10 @@ def op_table_points(comm, quick: bool) -> list[dict] | None:
         for share in sorted({comm.size, 1}, reverse=True):
             torch.set_num_threads(max(1, cores // share))
             sleep_barrier(comm)
-            mine = []
-            if comm.rank < share:
+            mine, timer = [], op_timer(comm, together=share > 1)
+            if comm.rank < share:  # ranks measure the same points in the same order
                 for name in OP_MODELS:
-                    mine += measure(op_model(name), op_timer, grid, device=device, ops=ops, ranks=comm.size, wire=wire)
+                    mine += measure(op_model(name), timer, grid, device=device, ops=ops, ranks=comm.size, wire=wire)
             sleep_barrier(comm)
             got = [r for r in (comm.gather(mine, 0) or []) if r]
             if comm.rank == 0:  # ranks meet at every layer: a pass's time of a point is its slowest rank's
