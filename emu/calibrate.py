@@ -40,9 +40,10 @@ import torch
 
 from emu.coldcache import default_flusher, median_time_s
 from emu.job import ranks_on_host, set_threads
-from emu.report import cpu_name
+from emu.report import cpu_name, host_memory_GB
 from moe.spec.loader import load_preset
 from moe.spec.schema import Model
+from moe.sweep.progress import Progress
 
 ROWS_FULL, ROWS_QUICK = (16, 64, 256, 1024), (64, 256)
 BYTES_FULL = tuple(1 << p for p in range(10, 25, 2))  # 1 KiB .. 16 MiB
@@ -298,7 +299,7 @@ def sleep_barrier(comm, poll_s: float = 1e-3) -> None:
         time.sleep(poll_s)
 
 
-def op_table_points(comm, quick: bool) -> list[dict] | None:
+def op_table_points(comm, quick: bool, bar: Progress | None = None) -> list[dict] | None:
     """Every rank: the op table of OP_MODELS at per_node = ranks (all measure) and 1 (rank 0 alone), in
     OP_PASSES passes over the whole grid (a shared host's bursts of load then hit one pass of a point, not
     all its samples). A pass keeps each point's slowest rank (the ranks of a run wait for each other at
@@ -319,6 +320,8 @@ def op_table_points(comm, quick: bool) -> list[dict] | None:
                 for name in OP_MODELS:
                     mine += measure(op_model(name), timer, grid, device=device, ops=ops, ranks=comm.size, wire=wire)
             sleep_barrier(comm)
+            if bar is not None:
+                bar.advance()
             got = [r for r in (comm.gather(mine, 0) or []) if r]
             if comm.rank == 0:  # ranks meet at every layer: a pass's time of a point is its slowest rank's
                 passes.setdefault(share, []).append([{**p, "s": max(r[i]["s"] for r in got)}
@@ -330,13 +333,6 @@ def op_table_points(comm, quick: bool) -> list[dict] | None:
             for share, rs in sorted(passes.items(), reverse=True) for i, p in enumerate(rs[0])]
 
 
-def host_memory_GB() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024 / 1e9
-    return 8.0
-
-
 def calibrate_ranks(tr, *, quick: bool) -> dict | None:
     """Every rank of a calibration job; rank 0 returns the profile mapping."""
     comm = tr.comm
@@ -344,15 +340,19 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
         raise ValueError("emu calibration needs at least 2 ranks (point-to-point between ranks 0 and 1)")
     set_threads(ranks_on_host(comm.size))
     repeats = 5 if quick else 15
+    # stages: GEMMs, MPI curves, then each op-table pass (all ranks, then rank 0 alone); rank 0 shows them
+    bar = Progress("calibrate", 2 + 2 * (1 if quick else OP_PASSES)) if comm.rank == 0 else None
     comm.Barrier()
     table = gemm_table(ROWS_QUICK if quick else ROWS_FULL, repeats)
     hbm, launch = hbm_GBps(repeats), launch_us()
     comm.Barrier()
+    bar and bar.advance()
     sizes = BYTES_QUICK if quick else BYTES_FULL
     p2p = [{"bytes": b, "GBps": osu_bw_GBps(comm, b, iters_for(b, quick))} for b in sizes]
     latency, overhead = pingpong_latency_us(comm), message_overhead_us(comm)
     a2a = [{"bytes": b, "GBps": alltoall_busbw_GBps(comm, b, repeats)} for b in sizes if b >= comm.size]
-    ops = op_table_points(comm, quick)
+    bar and bar.advance()
+    ops = op_table_points(comm, quick, bar)
     tables = comm.gather((table, hbm, launch), 0)
     if comm.rank != 0:
         return None

@@ -39,6 +39,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_memory_GB() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return 8.0
+
+
 def measured_pairs(records) -> np.ndarray:
     """[P, J, R, R]: row r from rank r."""
     return np.stack([r.pair_rows_PJR for r in records], axis=2)

@@ -19,15 +19,14 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   every rank's tokens at once), by CUDA events, with the host time of each call (`host_s`: issuing its
   kernels, caches cold as in a run: `host_scrub`) -> `op_table` (per_node 0: a GPU per rank; median over
   ranks), and each rank's host time relative to the median rank's -> `host_factors` (the simulator runs
-  each GPU's host at one of them).
-  Its `model` keys are per-operation signatures, so `paper` or `deepseek-v3` with fewer experts or layers
-  (E = G, E > G) reuses the attention, expert, shared and dense entries; the gate, dispatch and combine
-  depend on E and top-k: `--scenario FILE` (repeatable) measures the models of those
-  scenario files instead of MODELS, each signature once, at the token counts their micro-batches run
-  (`scenario_grid`) instead of the whole grid;
+  each GPU's host at one of them). Its `model` keys are per-operation signatures, so `paper` or
+  `deepseek-v3` with fewer experts or layers (E = G, E > G) reuses the attention, expert, shared and dense
+  entries; the gate, dispatch and combine depend on E and top-k: `--scenario FILE` (repeatable) measures
+  those scenario files' models instead of MODELS, each signature once, at the token counts their
+  micro-batches run (`real.op_points`);
 - the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
-  `exchange`, host clock, every rank at once) over the same token grid -> `op_table`;
-  the simulator exposes what of it the GPU's work on the layer's front does not cover (sim.costs).
+  `exchange`, host clock, every rank at once) over the same token grid -> `op_table`.
+Progress (four stages) on rank 0's stderr.
 Peak rates (`fp8_TFLOPS`, `bf16_TFLOPS`) are the best measured GEMM rates, the roofline ceiling the
 simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on a single node.
 """
@@ -38,18 +37,17 @@ import datetime
 import functools
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from moe.errors import SpecError
-from moe.spec.loader import build_scenario, load_preset, read_yaml
-from moe.spec.schema import Model, RealOptions, Scenario
+from moe.spec.loader import load_preset
+from moe.spec.schema import Model, RealOptions
+from moe.sweep.progress import Progress
 from real.nccl_curves import measure_alltoall, measure_latency_us, measure_ring_p2p
+from real.op_points import Wire, load_scenarios, op_grid, preset_models, scenario_grid, scenario_models
 
 ROWS_FULL = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 ROWS_QUICK = (128, 1024, 4096)
 BYTES_FULL = tuple(1 << p for p in range(16, 29, 2))  # 64 KiB .. 256 MiB per rank
 BYTES_QUICK = (1 << 20, 1 << 24)
-MODELS = ("paper", "deepseek-v3")
 EXCHANGE_TIMEOUT_S = 120.0
 
 
@@ -132,68 +130,6 @@ def measure_gemms(models: Sequence[Model], rows: tuple[int, ...], repeats: int) 
         del w
     torch.cuda.empty_cache()
     return out
-
-
-OP_TOKENS_FULL = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-OP_ROWS_FULL = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-OP_CONTEXTS_FULL = (256, 512, 1024, 2048, 4096, 8192)
-OP_DECODE_FULL = ((1, 4, 16, 64, 256, 1024, 4096), (512, 2048, 8192))
-OP_QUICK = ((128, 1024), (128, 1024), (1024,), ((16,), (2048,)))
-OP_SMALLEST_PREFILL, OP_SMALLEST_DECODE = (64, 256), (1, 512)
-MAX_CACHED = 1 << 22
-"""Cached tokens (batch x context) of one layer in a decode point: 4.8 GB of MLA latent in BF16."""
-
-
-def op_grid(quick: bool):
-    from moe.model.optable import Grid, decode_pairs
-
-    tokens, rows, contexts, (batches, keys) = OP_QUICK if quick else \
-        (OP_TOKENS_FULL, OP_ROWS_FULL, OP_CONTEXTS_FULL, OP_DECODE_FULL)
-    prefill = tuple((t, s) for s in contexts for t in (s // 4, s // 2, s, 2 * s, 4 * s) if t <= max(tokens))
-    return Grid(tokens=tokens, rows=rows, prefill=prefill, decode=decode_pairs(batches, keys, MAX_CACHED),
-                max_setup=MAX_CACHED)
-
-
-Wire = tuple[str, str]
-
-
-def preset_models() -> list[tuple[Model, Wire]]:
-    return [(Model.model_validate({**load_preset("model", name), "preset": name}), ("fp8", "bf16"))
-            for name in MODELS]
-
-
-def load_scenarios(paths: Sequence[str]) -> list[Scenario]:
-    """The scenario files of `moetb calibrate --scenario`, read for their model, schedule and workload
-    only (the cluster may name the profile being made)."""
-    out = []
-    for path in paths:
-        raw = read_yaml(Path(path)) or {}
-        if not isinstance(raw, dict):
-            raise SpecError("--scenario", path, "the top level must be a mapping of keys")
-        keep = {k: v for k, v in raw.items() if k in ("model", "schedule", "workload")}
-        out.append(build_scenario(keep, (), Path(path).parent, check=False))
-    return out
-
-
-def scenario_models(scenarios: Sequence[Scenario]) -> list[tuple[Model, Wire]]:
-    return [(s.model, (s.schedule.dispatch_dtype, s.schedule.combine_dtype)) for s in scenarios]
-
-
-def scenario_grid(scenarios: Sequence[Scenario]):
-    """The op grid of `scenarios`: the token counts and (tokens, keys) pairs their micro-batches look up
-    (sim.costs.micro_batches, the runtime's layout), plus the full grid's smallest points, whose times are
-    the ops' fixed costs (sim.optable.op_floor_s); expert rows over the full grid."""
-    from moe.model.optable import Grid
-    from sim.costs import micro_batches
-
-    tokens, prefill, decode = {OP_TOKENS_FULL[0]}, {OP_SMALLEST_PREFILL}, {OP_SMALLEST_DECODE}
-    for s in scenarios:
-        for mb in micro_batches(s):
-            t, k = round(mb.tokens), round(mb.keys)
-            tokens.add(t)
-            (decode if s.workload.phase == "decode" else prefill).add((t, k))
-    return Grid(tokens=tuple(sorted(tokens)), rows=OP_ROWS_FULL, prefill=tuple(sorted(prefill)),
-                decode=tuple(sorted(decode)), max_setup=MAX_CACHED)
 
 
 def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[dict]:
@@ -351,19 +287,24 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     chosen = load_scenarios(scenarios)
     models = scenario_models(chosen) if chosen else preset_models()
     grid = scenario_grid(chosen) if chosen else op_grid(quick)
+    bar = Progress("calibrate", 4) if dist.get_rank() == 0 else None  # GEMMs, ops, exchange, NCCL + rest
     # the presets' shapes always (the best of them is the roofline's peak), the scenarios' too
     gemms = measure_gemms([m for m, _ in preset_models() + models], rows, reps)
     tables = [None] * dist.get_world_size()
     dist.all_gather_object(tables, gemms)
+    bar and bar.advance()
     ops = measure_ops(models, grid, reps)
     op_runs = [None] * dist.get_world_size()
     dist.all_gather_object(op_runs, ops)
+    bar and bar.advance()
     exchange = measure_exchange_ops(models, grid.tokens, reps)
+    bar and bar.advance()
     multi = dist.get_world_size() > 1
     a2a = measure_alltoall(sizes, reps, cuda_time_s) if multi else []
     p2p = measure_ring_p2p(sizes, reps, cuda_time_s) if multi else []
     latency = measure_latency_us(reps) if multi else 0.0
     hbm, bf16, launch = measure_hbm_GBps(reps), measure_bf16_peak(reps), measure_launch_us()
+    bar and bar.advance()
     if dist.get_rank() != 0:
         return None
     table = _median_table(tables)

@@ -185,7 +185,7 @@ def test_exchange_op_is_the_protocols_host_time_per_signature(groups):
 def test_calibrating_for_scenarios_measures_what_their_micro_batches_look_up(tmp_path):
     import yaml
 
-    from real.calibrate import OP_SMALLEST_PREFILL, load_scenarios, scenario_grid, scenario_models
+    from real.op_points import OP_SMALLEST_PREFILL, load_scenarios, scenario_grid, scenario_models
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"model": {"preset": "paper", "experts": 4, "top_k": 2},
