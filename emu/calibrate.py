@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu.coldcache import default_flusher, median_time_s
+from emu.coldcache import flusher, median_time_s
 from emu.job import ranks_on_host, set_threads
 from emu.report import cpu_name, host_memory_GB
 from moe.spec.loader import load_preset
@@ -230,7 +230,7 @@ def op_timer(comm, together: bool) -> Callable[[Callable[[], object]], float]:
     """One pass's time of an operation: the median of 3 calls after a warm-up call, each after the
     cache-evicting pass (coldcache); `together` (every rank measuring): each call starts once every rank
     has made its pass, so that no rank's pass evicts another's caches while that one is timed."""
-    flush = default_flusher()
+    flush = flusher()
     before = (lambda: (flush(), sleep_barrier(comm))) if together else flush
     return lambda fn: median_time_s(fn, 1, 3, before=before)
 

@@ -5,8 +5,9 @@ expert, or a layer's attention) the rank runs every other operation of the layer
 whose weights and KV caches (tens of MB for the validation scenarios: 3 layers x 2 micro-batches x 32
 sequences x 1024 keys x 192 bytes of `tiny`'s MLA latent are 38 MB) pass through the caches and evict the
 operation's data. A tight timing loop instead finds them in L2/L3 after its warm-up call. Measured on the
-2-core AMD EPYC dev box (32 MiB L3), each operation timed in an emulator step and, in the same minutes,
-by the calibration's loop (ms; tiny-decode-64x1024, 32 tokens per micro-batch):
+2-core AMD EPYC dev box (32 MiB L3) with a probe that was not kept (timers around each operation inside
+an emulator step and, in the same minutes, the calibration's loop; ms, tiny-decode-64x1024, 32 tokens per
+micro-batch):
 
     op         in the run   loop, warm   loop, after a pass over 64 MiB
     gate          0.179        0.073        0.132
@@ -18,10 +19,10 @@ by the calibration's loop (ms; tiny-decode-64x1024, 32 tokens per micro-batch):
 
 So the calibration times each call after a pass over a buffer of `FLUSH_LLC_MULTIPLE` times the
 last-level cache (outside the timed interval): the call then reads its weights from DRAM, as in a run.
-The table's pass wrote the buffer; the pass reads one byte of every cache line instead, which evicts the
-same lines at less cost (same box, a 1024 x 2048 float32 linear on 32 rows: 1.72-1.77 ms warm, 2.03-2.05
-ms after either pass; the 64 MiB pass 3.2 ms writing, 2.8 ms reading). The GPU calibration
-(`real.calibrate`) uses the same pass for the host's time to issue an op (`benchmarks/host_cold.py`).
+The table's pass wrote the buffer; the pass reads one byte of every cache line instead: a read brings
+its line in and evicts another just as a write does, without leaving dirty lines to write back. The GPU
+calibration (`real.calibrate`) uses the same pass for the host's time to issue an op (measured there:
+`benchmarks/host_cold.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +80,10 @@ class CacheFlusher:
         return int(self.buf[::LINE_BYTES].sum(dtype=np.int64))
 
 
-@lru_cache(maxsize=1)
-def default_flusher() -> CacheFlusher:
-    """One CacheFlusher per process (its buffer is allocated once)."""
-    return CacheFlusher()
+@cache
+def flusher(nbytes: int | None = None) -> CacheFlusher:
+    """One CacheFlusher per process and size (its buffer is allocated once)."""
+    return CacheFlusher(nbytes)
 
 
 def median_time_s(fn: Callable[[], object], warmup: int, repeats: int,

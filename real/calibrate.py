@@ -73,16 +73,15 @@ SCRUB_BYTES = 256 << 20
 Sapphire Rapids 105 MB per socket, EPYC Genoa 32 MB per CCD; vendors' data sheets)."""
 
 
-@functools.lru_cache(maxsize=1)
 def host_scrub() -> Callable[[], object]:
-    """The pass (`emu.coldcache.CacheFlusher` over SCRUB_BYTES) run before each timed call of an op-table
+    """The pass (`emu.coldcache.flusher` over SCRUB_BYTES) run before each timed call of an op-table
     point: in a run dozens of other calls (attention, gate, the protocol's planning and bookkeeping, the
     transport) run between two calls of one op and evict its code and data from the CPU caches; timed back
     to back, a call finds them warm and issues its kernels 1.4-5x faster than in a run (one H100 host,
     `benchmarks/host_cold.py`)."""
-    from emu.coldcache import CacheFlusher
+    from emu.coldcache import flusher
 
-    return CacheFlusher(SCRUB_BYTES)
+    return flusher(SCRUB_BYTES)
 
 
 def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
