@@ -2,14 +2,14 @@
 
     .venv/bin/mpiexec -n 2 .venv/bin/python benchmarks/emu_exchange.py [--quick]
 
-Shape letters: R ranks, N rows sent by a rank, W bytes per row (FP8 hidden 7168 + scales: 7,392 B, the
-`paper` model's dispatch row), C = 2K meta columns.
+Shape letters: R ranks, N rows sent by a rank, B bytes per row (the `paper` model's dispatch row: 2K = 16
+int32 meta columns, 7,168 FP8 bytes, 56 float32 scales: 7,456 B).
 
-For each shard size S (bytes of payload one rank sends to each other rank) it measures
-- emu: one dispatch exchange through `emu.dispatch` exactly as a MoE layer runs it: counts exchange,
-  Isend of payload and meta shards, Irecv posted when the counts arrive, completion through the
-  Transport's bounded waits; time from a barrier to the last shard in, slowest rank; payload bytes per
-  direction per second;
+For each shard size S (bytes of rows one rank sends to each other rank) it measures
+- emu: one dispatch exchange through `emu.dispatch` exactly as a MoE layer runs it: one Isend of its rows
+  to each peer, the peers' shards received by matched probe, each taken in as the runtime does
+  (`shard_in`), completion through the Transport's bounded waits; time from a barrier to the last shard
+  in, slowest rank; bytes per direction per second;
 - osu_bibw: OSU bidirectional bandwidth (both ranks post a window of 64 Irecvs and 64 Isends of S bytes,
   Waitall), bytes per direction per second (emu.calibrate.osu_bibw_GBps). With 2 ranks both patterns
   move S bytes each way per shard;
@@ -31,8 +31,8 @@ from emu import dispatch as dp
 from emu.calibrate import WINDOW
 from emu.mpi_transport import MPITransport
 
-ROW_BYTES = 7168 + 56 * 4  # paper model: 7,168 FP8 bytes + 56 float32 scales per token
 TOP_K = 8
+ROW_BYTES = dp.row_bytes(7168, "fp8", TOP_K)  # paper model: 2K meta columns, 7,168 FP8 bytes, 56 scales
 TIMEOUT_S = 60.0
 
 
@@ -40,35 +40,34 @@ def synthetic_plan(key: int, rows_per_peer: int, ranks: int) -> dp.SendPlan:
     """rows_per_peer rows to every rank (itself included, handled locally as in a run)."""
     n = rows_per_peer * ranks
     counts_R = np.full(ranks, rows_per_peer, dtype=np.int64)
-    meta = torch.zeros(n, 2 * TOP_K, dtype=torch.int32)
     return dp.SendPlan(key=key, token_N=torch.arange(n), token_dev_N=torch.arange(n), counts_R=counts_R,
                        requests_RS=np.zeros((ranks, 1), dtype=np.int64),
-                       offsets_R1=np.concatenate([[0], np.cumsum(counts_R)]), meta_NC=meta)
+                       offsets_R1=np.concatenate([[0], np.cumsum(counts_R)]),
+                       meta_TC=torch.full((n, 2 * TOP_K), -1, dtype=torch.int32))
 
 
 def emu_exchange_s(tr: MPITransport, rows_per_peer: int, key: int) -> float:
     """One dispatch exchange on every rank; seconds from the barrier until this rank has every shard."""
     plan = synthetic_plan(key, rows_per_peer, tr.size)
     n = len(plan.token_N)
-    wire_NW = tr.take_buffer(n * ROW_BYTES).view(n, ROW_BYTES)  # pack_rows fills a pooled buffer in a run
+    rows_NB = tr.take_buffer(n * ROW_BYTES).view(n, ROW_BYTES)  # pack_rows fills a pooled buffer in a run
     ex = dp.Exchange(key, plan, hidden=7168, dispatch_dtype="fp8", combine_dtype="bf16")
     tr.barrier(TIMEOUT_S)
     start = MPI.Wtime()
-    pending = dp.post_dispatch(tr, ex, wire_NW)  # the combine's result receives are not part of this
+    pending = dp.post_dispatch(tr, ex, rows_NB)  # the combine's result receives are not part of this
+    done = tr.test_some(pending)
     while True:
-        done = tr.test_some(pending)
-        if not ex.receives_posted and ex.counts.complete:
-            pending += dp.post_receives(tr, ex, TOP_K)
-        if ex.receives_posted and all(p.done for p in pending):
+        for i in done:
+            if pending[i].meta[0] == "shard":  # as the runtime takes a shard in
+                dp.shard_in(tr, ex, pending[i].meta[2], pending[i].buf)
+        if all(p.done for p in pending):
             break
-        if not done:
-            tr.wait_any(pending, TIMEOUT_S, "exchange shards")
+        done = tr.wait_any(pending, TIMEOUT_S, "exchange shards")
     elapsed = MPI.Wtime() - start
-    tr.give_buffer(wire_NW)
-    for src, (wire, meta) in ex.shard_bufs.items():  # the runtime hands these back after computing them
+    tr.give_buffer(rows_NB)
+    for src, rows in ex.shard_bufs.items():  # the runtime hands these back after computing them
         if src != tr.rank:
-            tr.give_buffer(wire)
-            tr.give_buffer(meta)
+            tr.give_buffer(rows)
     return elapsed
 
 

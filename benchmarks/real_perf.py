@@ -17,11 +17,11 @@ runs        the whole scenario through the real backend (`real.job.RealJob`, CUD
             median of repeats) for each transport (`p2p`, `all_to_all`) with overlap on and off. From the
             overlap-off run: compute_only_s = the critical rank's compute spans per MoE layer
 exchange    one MoE layer's dispatch + combine of every micro-batch through the transport with no compute
-            (counts, payload, meta, results: the protocol's own calls, `emu.dispatch`), with the scenario's
-            routing: comm_only_s; against bare `all_to_all_single` of the same payload and result splits
-            (no counts, no meta): target: transport >= 80% of bare bus bandwidth (ratio = bare / transport
-            time at the same bytes). Bus bandwidth as nccl-tests counts all-to-all: mean bytes a rank
-            sends (own part included) / time x (n - 1) / n
+            (counts, dispatch rows with their meta columns, results: the protocol's own calls,
+            `emu.dispatch`), with the scenario's routing: comm_only_s; against bare `all_to_all_single` of
+            the same row and result splits (no counts): target: transport >= 80% of bare bus bandwidth
+            (ratio = bare / transport time at the same bytes). Bus bandwidth as nccl-tests counts
+            all-to-all: mean bytes a rank sends (own part included) / time x (n - 1) / n
 targets     overlap ratio = moe_layer_s(overlap on) / max(compute_only_s, comm_only_s), target <= 1.15, per
             transport; the faster transport (step time with overlap) is the one to keep as default
 """
@@ -240,14 +240,14 @@ def exchange_once(b: Bench, tr, plans: list[dp.SendPlan], wires: list[torch.Tens
         ex = dp.Exchange(plan.key, plan, m.hidden, sched.dispatch_dtype, sched.combine_dtype)
         dp.post_dispatch(tr, ex, wire)
         dp.post_result_receives(tr, ex)
-        dp.post_receives(tr, ex, m.top_k)
+        dp.post_receives(tr, ex)
         exchanges.append(ex)
     for ex in exchanges:
         sources = sorted(ex.shard_bufs)
-        tr.ready(*[t for s in sources for t in ex.shard_bufs[s]])
+        tr.ready(*[ex.shard_bufs[s] for s in sources])
         rows_R = np.zeros(b.size, dtype=np.int64)
         for s in sources:
-            rows_R[s] = ex.shard_bufs[s][0].shape[0]
+            rows_R[s] = ex.shard_bufs[s].shape[0]
         result = torch.empty(int(rows_R.sum()), ex.result_row_bytes, dtype=torch.uint8, device=b.device)
         dp.send_results(tr, ex, rows_R, result)
     for ex in exchanges:
@@ -272,7 +272,8 @@ def bare_once(b: Bench, splits: list[tuple], bufs: list[tuple]) -> float:
 def measure_exchange(b: Bench) -> dict:
     """comm_only_s and bandwidth of both transports against bare all_to_all_single at the same bytes."""
     a, m, sched = b.args, b.s.model, b.s.schedule
-    w, v = wire_bytes_per_token(m.hidden, sched.dispatch_dtype), wire_bytes_per_token(m.hidden, sched.combine_dtype)
+    w = dp.row_bytes(m.hidden, sched.dispatch_dtype, m.top_k)  # a dispatch row: meta columns + activations
+    v = wire_bytes_per_token(m.hidden, sched.combine_dtype)
     plans = layer_plans(b)
     wires = [torch.zeros(len(p.token_N), w, dtype=torch.uint8, device=b.device) for p in plans]
     recv_rows = [np.array(b.gather(p.counts_R))[:, b.rank] for p in plans]  # rows each source sends here
@@ -282,9 +283,8 @@ def measure_exchange(b: Bench) -> dict:
     sent_total = sum(sum(sp[0]) + sum(sp[2]) for sp in splits)  # payload + results, own part included
     me = b.rank
     sent_remote = sum(sum(sp[0]) - sp[0][me] + sum(sp[2]) - sp[2][me] for sp in splits)
-    meta_remote = sum(int((p.counts_R.sum() - p.counts_R[me]) * 2 * m.top_k * 4) for p in plans)
     out = {"rows_per_rank": [int(p.counts_R.sum()) for p in plans], "bytes_sent_per_rank": sent_total,
-           "remote_bytes_sent_per_rank": sent_remote, "meta_remote_bytes_per_rank": meta_remote, "transports": {}}
+           "remote_bytes_sent_per_rank": sent_remote, "transports": {}}
     for _ in range(a.warmup):
         bare_once(b, splits, bufs)
     bare = [max(b.gather(bare_once(b, splits, bufs))) for _ in range(a.repeats)]

@@ -251,18 +251,18 @@ def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = T
     def dispatch(z_TD, ids_TK, w_TK, slots, ranks):
         keep = np.ones(ids_TK.shape, dtype=bool)
         n = len(dp.plan_dispatch(0, ids_TK, keep, w_TK, slots, ranks).token_N)
-        out = torch.empty(n, dp.wire_bytes_per_token(z_TD.shape[1], wire[0]), dtype=torch.uint8, device=z_TD.device)
+        out = torch.empty(n, dp.row_bytes(z_TD.shape[1], wire[0], ids_TK.shape[1]), dtype=torch.uint8,
+                          device=z_TD.device)
         return lambda: dp.pack_rows(z_TD, dp.plan_dispatch(0, ids_TK, keep, w_TK, slots, ranks), wire[0], out)
 
     def shard(block, expert_of_slot, x_RD, slot_RK, w_RK):
         k = slot_RK.shape[1]
-        wire_MW = pack(x_RD, wire[0]).to(buf_dev)
         meta_MC = torch.empty(len(x_RD), 2 * k, dtype=torch.int32)
-        meta_MC[:, :k] = torch.from_numpy(slot_RK.astype(np.int32))
+        meta_MC[:, :k] = torch.from_numpy(slot_RK.astype(np.int32))  # this rank's slots start at 0
         meta_MC[:, k:] = w_RK.float().cpu().view(torch.int32)
-        meta_MC = meta_MC.to(buf_dev)
+        rows_MB = pack(x_RD, wire[0], head=meta_MC.to(x_RD.device).view(torch.uint8)).to(buf_dev)
         slot_rows = np.bincount(slot_RK[slot_RK >= 0], minlength=len(expert_of_slot))
-        return lambda: dp.compute_shard(block, expert_of_slot, wire_MW, meta_MC, x_RD.shape[1], wire[0], wire[1],
+        return lambda: dp.compute_shard(block, expert_of_slot, 0, rows_MB, x_RD.shape[1], wire[0], wire[1],
                                         device, slot_rows_S=slot_rows)
 
     def combine(x_TD, shared_TD, ids_TK, w_TK, slots, ranks):

@@ -4,29 +4,35 @@ Shape letters:
   T tokens of the micro-batch on this rank     K experts per token (top_k)     D hidden
   R ranks                                       S expert slots per rank         N rows this rank sends
   M rows this rank receives (from one source, or from all at once)
-  W bytes of a dispatch wire row                V bytes of a combine wire row   X = 1 + S count columns
-  C = 2K meta columns (int32): the K local slots of a row on its destination (-1: not there), then the K
-  routing weights (float32 bits)
+  W bytes of a dispatch wire row's activations  V bytes of a combine wire row   X = 1 + S count columns
+  C = 2K meta columns (int32): the token's K expert slots (global slot ids; -1 where the choice was
+  dropped), then its K routing weights (float32 bits); B = 4C + W bytes of a dispatch row
 
 A row is one distinct (token, destination rank) pair, as moe.traffic counts them: a token that chose
 several experts on one rank is sent there once, and that rank returns one row, the weighted sum of its
-experts' outputs (DeepEP's normal kernels do the same). Steps, as `emu.runtime` drives them:
+experts' outputs (DeepEP's normal kernels do the same). A dispatch row carries its token's meta columns
+before its activations (written in the quantization's copy), so one message or collective per
+destination moves a shard; the receiver keeps the choices whose slot is one of its own. Steps, as
+`emu.runtime` drives them:
 
   sender      plan_dispatch: group kept (token, choice) pairs by destination rank -> SendPlan (frozen)
-              pack_rows: quantize once per token (FP8 + scales) and gather the rows of every shard
-              post_dispatch: exchange counts (rows, and requests per expert slot, per destination);
-              Isend payload and meta shards
-              post_result_receives: Irecv every destination's combine results
-  receiver    on counts: post_receives (Irecv payload and meta from each source that sends rows)
-              on payload+meta of a source (or of all sources): compute_shard (each local expert on its
-              rows, weighted sum), then send_results (Isend of the V-byte rows back to the sources)
+              pack_rows: quantize once per token (FP8 + scales, meta in front) and gather every row
+              post_dispatch: send each destination its rows, and start receiving the shards sent here:
+                message transports (MPI) send one message per peer, empty ones too, and receive each
+                by a matched probe, which gives its size (no counts round trip before the data moves);
+                grouped transports (NCCL, gloo collectives) exchange counts (rows, and requests per expert
+                slot) first, since a collective's receive sizes must be known, then post_receives
+              post_result_receives: receive every destination's combine results (sizes known: its rows)
+  receiver    shard_in: a source's shard is in (its counts row from its meta columns on message transports)
+              compute_shard (each local expert on its rows, weighted sum), then send_results (the V-byte
+              rows back to the sources)
   sender      on every result: combine_rows: sum the returned rows into the token's output
 
 The rows for this rank itself never touch a message transport (they are computed from `pack_rows`'s
 buffer directly), but go through the same wire rounding so the result does not depend on placement; a
-grouped transport (`emu.transport`) carries them in its collective like every other part. On a GPU
-nothing here reads device data back to the host: the row and per-slot counts come from the host-side
-routing plan and the counts exchange.
+grouped transport carries them in its collective like every other part. On a GPU nothing here reads
+device data back to the host: the row and per-slot counts come from the host-side routing plan and the
+counts exchange.
 Tags: tag = key * 4 + kind, key = (step-local layer, micro-batch) index; see `tag`.
 """
 
@@ -41,7 +47,7 @@ import torch
 from emu.transport import CountsExchange, Pending, Transport, host_to
 from moe.model.fp8 import pack, unpack, wire_bytes_per_token
 
-KIND_COUNTS, KIND_PAYLOAD, KIND_META, KIND_RESULT = 0, 1, 2, 3
+KIND_COUNTS, KIND_PAYLOAD, KIND_RESULT = 0, 1, 3
 MAX_KEY = 7999
 """Largest (layer, micro-batch) key: tags stay below 32000, under the 32767 every MPI guarantees."""
 
@@ -54,6 +60,11 @@ def tag(key: int, kind: int) -> int:
 
 def key_of_tag(t: int) -> int:
     return t // 4
+
+
+def row_bytes(hidden: int, dispatch_dtype: str, top_k: int) -> int:
+    """B: bytes of one dispatch row, meta columns (2K int32) then the activations' wire bytes."""
+    return 8 * top_k + wire_bytes_per_token(hidden, dispatch_dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,12 +81,16 @@ class SendPlan:
     requests_RS: np.ndarray
     """Kept (token, choice) pairs per destination rank and local expert slot there."""
     offsets_R1: np.ndarray
-    meta_NC: torch.Tensor
-    """int32 [N, 2K] on the device of the routing weights: local slot of each choice on the row's
-    destination (-1 elsewhere), then weights."""
+    meta_TC: torch.Tensor
+    """int32 [T, 2K] on the device of the routing weights: each choice's global slot (-1: dropped), then
+    the weights. Every row of a token carries them; its destination keeps the slots that are its own."""
 
     def rows_to(self, dst: int) -> slice:
         return slice(int(self.offsets_R1[dst]), int(self.offsets_R1[dst + 1]))
+
+    @property
+    def top_k(self) -> int:
+        return self.meta_TC.shape[1] // 2
 
     @property
     def counts_RX(self) -> np.ndarray:
@@ -93,27 +108,34 @@ def plan_dispatch(key: int, slot_TK: np.ndarray, keep_TK: np.ndarray, w_TK: torc
     dst_N, token_N = np.nonzero(hit_TR[:, :ranks].T)  # rank-major, tokens ascending within a rank
     counts_R = np.bincount(dst_N, minlength=ranks).astype(np.int64)
     offsets_R1 = np.concatenate([[0], np.cumsum(counts_R)])
-    local_NK = np.where(dst_TK[token_N] == dst_N[:, None], slot_TK[token_N] % slots_per_rank, -1)
     requests_RS = np.bincount(slot_TK[keep_TK], minlength=ranks * slots_per_rank).reshape(ranks, slots_per_rank)
     device = w_TK.device
     token_t = torch.from_numpy(token_N.astype(np.int64))
-    token_dev = host_to(token_t, device)
-    meta_NC = torch.empty(len(token_N), 2 * k, dtype=torch.int32, device=device)
-    meta_NC[:, :k] = host_to(torch.from_numpy(local_NK.astype(np.int32)), device)
+    meta_TC = torch.empty(t, 2 * k, dtype=torch.int32, device=device)
+    meta_TC[:, :k] = host_to(torch.from_numpy(np.where(keep_TK, slot_TK, -1).astype(np.int32)), device)
     # the routing weights stay where the gate computed them (no host synchronization on a GPU)
-    meta_NC[:, k:] = w_TK.detach().float().index_select(0, token_dev).view(torch.int32)
-    return SendPlan(key=key, token_N=token_t, token_dev_N=token_dev, counts_R=counts_R,
-                    requests_RS=requests_RS.astype(np.int64), offsets_R1=offsets_R1, meta_NC=meta_NC)
+    meta_TC[:, k:] = w_TK.detach().float().view(torch.int32)
+    return SendPlan(key=key, token_N=token_t, token_dev_N=host_to(token_t, device), counts_R=counts_R,
+                    requests_RS=requests_RS.astype(np.int64), offsets_R1=offsets_R1, meta_TC=meta_TC)
 
 
 def pack_rows(x_TD: torch.Tensor, plan: SendPlan, dispatch_dtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Wire rows [N, W] of every row of the plan: each token quantized once, then gathered per row (into
-    `out`, a [N, W] uint8 buffer, when given)."""
-    wire_TW = pack(x_TD, dispatch_dtype)
-    rows = plan.token_dev_N if plan.token_dev_N.device == wire_TW.device else plan.token_N.to(wire_TW.device)
+    """Dispatch rows [N, B] of every row of the plan: each token quantized once with its meta columns in
+    front, then gathered per row (into `out`, a [N, B] uint8 buffer, when given)."""
+    rows_TB = pack(x_TD, dispatch_dtype, head=plan.meta_TC.view(torch.uint8))
+    rows = plan.token_dev_N if plan.token_dev_N.device == rows_TB.device else plan.token_N.to(rows_TB.device)
     if out is None:
-        return wire_TW.index_select(0, rows)
-    return torch.index_select(wire_TW, 0, rows, out=out)
+        return rows_TB.index_select(0, rows)
+    return torch.index_select(rows_TB, 0, rows, out=out)
+
+
+def local_slots(slot_MK: torch.Tensor | np.ndarray, first_slot: int, slots: int):
+    """[M, K] local slot of each choice (global slot ids, -1 dropped) on the rank whose `slots` slots start
+    at `first_slot` (-1: not there)."""
+    local = slot_MK - first_slot
+    if isinstance(local, np.ndarray):
+        return np.where((local >= 0) & (local < slots), local, -1)
+    return torch.where((local >= 0) & (local < slots), local, -1)
 
 
 @dataclass
@@ -127,61 +149,64 @@ class Exchange:
     dispatch_dtype: str
     combine_dtype: str
     counts: CountsExchange | None = None
+    """Grouped transports: rows and requests per slot of every source."""
     sends: list[Pending] = field(default_factory=list)
     result_bufs: dict[int, torch.Tensor] = field(default_factory=dict)
     """Destination rank -> its [rows, V] combine rows (the local one filled without the transport)."""
     results_missing: set[int] = field(default_factory=set)
-    shard_bufs: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    """Source rank -> (wire [M, W], meta [M, C]) received (or, for this rank, sliced locally)."""
-    shard_parts: dict[int, int] = field(default_factory=dict)
-    """Source rank -> parts (payload, meta) still to arrive."""
+    shard_bufs: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Source rank -> its dispatch rows [M, B] received (or, for this rank, sliced locally)."""
+    shards_missing: set[int] = field(default_factory=set)
+    """Sources whose shard has not arrived yet (known once receives_posted)."""
     receives_posted: bool = False
     send_buf: torch.Tensor | None = None
     """The pooled buffer of the payload rows, handed back once every send completed (runtime)."""
+    row_bytes: int = field(init=False)
+    """B, bytes of a dispatch row."""
+    result_row_bytes: int = field(init=False)
+    """V, bytes of a combine row."""
 
-    @property
-    def row_bytes(self) -> int:
-        return wire_bytes_per_token(self.hidden, self.dispatch_dtype)
-
-    @property
-    def result_row_bytes(self) -> int:
-        return wire_bytes_per_token(self.hidden, self.combine_dtype)
+    def __post_init__(self):
+        self.row_bytes = row_bytes(self.hidden, self.dispatch_dtype, self.plan.top_k)
+        self.result_row_bytes = wire_bytes_per_token(self.hidden, self.combine_dtype)
 
     @property
     def combined(self) -> bool:
         return not self.results_missing
 
-    def expected_sources(self) -> list[int]:
-        """Sources that send rows here (known once the counts arrived)."""
-        assert self.counts is not None and self.counts.complete
-        return [int(s) for s in np.flatnonzero(self.counts.recv_RX[:, 0])]
 
-
-def post_dispatch(tr: Transport, ex: Exchange, wire_NW: torch.Tensor) -> list[Pending]:
-    """Sender side: start the counts exchange, Isend payload and meta to every destination. Returns every
+def post_dispatch(tr: Transport, ex: Exchange, rows_NB: torch.Tensor) -> list[Pending]:
+    """Sender side: send every destination its rows; on a message transport also start receiving every
+    peer's shard (by probe), on a grouped one exchange the counts (then `post_receives`). Returns every
     posted operation (the runtime tracks them). `post_result_receives` follows it."""
-    plan, me = ex.plan, tr.rank
-    ex.counts = tr.exchange_counts(plan.counts_RX, tag(ex.key, KIND_COUNTS))
-    # host synchronization (MPI from a GPU): wire_NW and meta must be complete host buffers before MPI
-    # reads them; on the transport's device already, they are handed over as they are
-    wire_NW, meta_NC = tr.to_wire(wire_NW), tr.to_wire(plan.meta_NC)
+    plan, me, key = ex.plan, tr.rank, ex.key
+    # host synchronization (MPI from a GPU): the rows must be a complete host buffer before MPI reads
+    # them; on the transport's device already, they are handed over as they are
+    rows_NB = tr.to_wire(rows_NB)
     rows_R = plan.counts_R
-    ex.results_missing.update(int(d) for d in np.flatnonzero(rows_R))
-    if rows_R[me]:  # local rows: no message, same wire format
-        a, b = int(plan.offsets_R1[me]), int(plan.offsets_R1[me + 1])
-        ex.shard_bufs[me] = (wire_NW[a:b], meta_NC[a:b])
-        ex.shard_parts[me] = 0
-    meta_B = meta_NC.view(torch.uint8)  # [N, 8K] bytes
-    # hand-off to the transport: each destination's rows are a contiguous byte range of wire_NW / meta_NC,
-    # untouched until its send is done
-    ex.sends = tr.isend_split([wire_NW.reshape(-1), meta_B.reshape(-1)],
-                              [rows_R * wire_NW.shape[1], rows_R * meta_B.shape[1]],
-                              [tag(ex.key, KIND_PAYLOAD), tag(ex.key, KIND_META)], ("sent", ex.key))
-    return list(ex.counts.pending) + ex.sends
+    if tr.grouped:
+        ex.counts = tr.exchange_counts(plan.counts_RX, tag(key, KIND_COUNTS))
+        ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [tag(key, KIND_PAYLOAD)],
+                                  ("sent", key))
+        posted = list(ex.counts.pending) + ex.sends
+    else:
+        # hand-off to the transport: each destination's rows are a contiguous byte range of rows_NB,
+        # untouched until its send is done; every peer gets a message (an empty one says "no rows").
+        # The data moves first, the bookkeeping after.
+        ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [tag(key, KIND_PAYLOAD)],
+                                  ("sent", key), empty=True)
+        peers = tr.peers()
+        posted = ex.sends + tr.irecv_probed(peers, tag(key, KIND_PAYLOAD), ("shard", key))
+        ex.shards_missing.update(peers)
+        ex.receives_posted = True
+        if rows_R[me]:  # local rows: no message, same wire format
+            ex.shard_bufs[me] = rows_NB[plan.rows_to(me)]
+    ex.results_missing.update(np.flatnonzero(rows_R).tolist())
+    return posted
 
 
 def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
-    """Sender side, after post_dispatch (off the shards' critical path): Irecv every destination's
+    """Sender side, after post_dispatch (off the shards' critical path): receive every destination's
     result rows, so they land in place when the experts send them."""
     v = ex.result_row_bytes
     (bufs,), posted = tr.irecv_split([ex.plan.counts_R * v], [tag(ex.key, KIND_RESULT)], ("result", ex.key))
@@ -190,18 +215,52 @@ def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
     return posted
 
 
-def post_receives(tr: Transport, ex: Exchange, k: int) -> list[Pending]:
-    """Receiver side, once the counts are in: Irecv payload and meta from every source with rows."""
-    assert ex.counts is not None and ex.counts.complete
+def post_receives(tr: Transport, ex: Exchange) -> list[Pending]:
+    """Receiver side of a grouped transport, once the counts are in: receive every source's rows."""
+    assert tr.grouped and ex.counts is not None and ex.counts.complete
+    b = ex.row_bytes
     rows_R = ex.counts.recv_RX[:, 0]
-    (wires, metas), posted = tr.irecv_split([rows_R * ex.row_bytes, rows_R * (2 * k * 4)],
-                                            [tag(ex.key, KIND_PAYLOAD), tag(ex.key, KIND_META)], ("shard", ex.key))
-    for src, wire in wires.items():  # this rank's own rows too where the transport carries them
-        m = int(rows_R[src])
-        ex.shard_bufs[src] = (wire.view(m, ex.row_bytes), metas[src].view(torch.int32).view(m, 2 * k))
-        ex.shard_parts[src] = 2
+    (bufs,), posted = tr.irecv_split([rows_R * b], [tag(ex.key, KIND_PAYLOAD)], ("shard", ex.key))
+    for src, flat in bufs.items():  # this rank's own rows too: the collective carries them
+        ex.shard_bufs[src] = flat.view(int(rows_R[src]), b)
+    ex.shards_missing.update(bufs)
     ex.receives_posted = True
     return posted
+
+
+def shard_in(tr: Transport, ex: Exchange, src: int, buf: torch.Tensor) -> bool:
+    """Receiver side: src's shard is in. On a message transport `buf` is the whole message, whose size
+    gives the rows; an empty one is handed back. Returns whether src sent rows to compute."""
+    ex.shards_missing.discard(src)
+    if tr.grouped:
+        return True
+    b = ex.row_bytes
+    m = buf.numel() // b
+    if m * b != buf.numel():
+        raise RuntimeError(f"rank {tr.rank}: a shard of {buf.numel()} bytes from rank {src} is not whole "
+                           f"{b}-byte rows (exchange {ex.key})")
+    if m == 0:
+        tr.give_buffer(buf)
+        return False
+    ex.shard_bufs[src] = buf.view(m, b)
+    return True
+
+
+def slot_rows(tr: Transport, ex: Exchange, sources: list[int], slots: int) -> np.ndarray:
+    """[S] (row, choice) pairs per local slot in the shards of `sources`, for compute_shard: on a grouped
+    transport from the counts exchange (no host synchronization on a GPU), on a message transport from
+    the rows' meta columns (host buffers) or, for this rank's own rows, from the plan."""
+    if tr.grouped:
+        return ex.counts.recv_RX[sources, 1:].sum(axis=0)
+    k, out = ex.plan.top_k, np.zeros(slots, dtype=np.int64)
+    for src in sources:
+        if src == tr.rank:
+            out += ex.plan.requests_RS[src]
+            continue
+        slot_MK = np.ascontiguousarray(ex.shard_bufs[src].numpy()[:, :4 * k]).view(np.int32)
+        local = local_slots(slot_MK, tr.rank * slots, slots)
+        out += np.bincount(local[local >= 0], minlength=slots)
+    return out
 
 
 def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -219,20 +278,24 @@ def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
     return first.as_strided((rows, *first.shape[1:]), first.stride())
 
 
-def compute_shard(block, expert_of_slot: list[int], wire_MW: torch.Tensor, meta_MC: torch.Tensor, hidden: int,
+def compute_shard(block, expert_of_slot: list[int], first_slot: int, rows_MB: torch.Tensor, hidden: int,
                   dispatch_dtype: str, combine_dtype: str, device: torch.device,
                   progress: Callable[[], object] | None = None, slot_rows_S: np.ndarray | None = None) -> torch.Tensor:
-    """Receiver side: each local expert on the rows that chose it, summed with the routing weights in
-    float32, as combine wire rows [M, V]. `block.expert_forward(expert, x)` takes FP8 payload + scales.
-    `progress` is called between experts, so transfers in flight keep moving during a long shard.
-    `slot_rows_S`: (row, choice) pairs per local slot, from the counts exchange; given, the rows are
-    grouped by one stable sort on the device with no host synchronization, else by a nonzero per slot."""
-    k = meta_MC.shape[1] // 2
+    """Receiver side: each local expert (local slot s holds expert_of_slot[s]; global slot first_slot + s)
+    on the rows that chose it, summed with the routing weights in float32, as combine wire rows [M, V].
+    `block.expert_forward(expert, x)` takes FP8 payload + scales. `progress` is called between experts,
+    so transfers in flight keep moving during a long shard. `slot_rows_S`: (row, choice) pairs per local
+    slot (from the counts); given, the rows are grouped by one stable sort on the device with no host
+    synchronization, else by a nonzero per slot."""
     # the received host rows go to the compute device (a copy; the receive buffer can be reused after)
-    x = unpack(wire_MW.to(device), hidden, dispatch_dtype)
-    slot_MK = meta_MC[:, :k].to(device)
-    w_MK = meta_MC[:, k:].contiguous().view(torch.float32).to(device)
-    out_MD = torch.zeros(wire_MW.shape[0], hidden, dtype=torch.float32, device=device)
+    rows_MB = rows_MB.to(device)
+    c = rows_MB.shape[1] - wire_bytes_per_token(hidden, dispatch_dtype)
+    k = c // 8
+    x = unpack(rows_MB[:, c:], hidden, dispatch_dtype)
+    meta_MC = rows_MB[:, :c].contiguous().view(torch.int32)
+    slot_MK = local_slots(meta_MC[:, :k], first_slot, len(expert_of_slot))
+    w_MK = meta_MC[:, k:].view(torch.float32)
+    out_MD = torch.zeros(rows_MB.shape[0], hidden, dtype=torch.float32, device=device)
     if slot_rows_S is not None:  # pairs ordered by slot, each slot's pairs in (row, choice) order
         flat = slot_MK.reshape(-1)
         order = torch.argsort(torch.where(flat >= 0, flat, len(expert_of_slot)), stable=True)

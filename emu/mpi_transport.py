@@ -1,4 +1,5 @@
-"""The Transport over mpi4py: Isend/Irecv of host byte buffers, Testsome for progress, bounded waits.
+"""The Transport over mpi4py: Isend/Irecv of host byte buffers, matched probes (improbe) for shards of
+unknown size, Testsome for progress, bounded waits.
 
 Every buffer handed to MPI is a contiguous uint8 torch tensor in host memory, passed to MPI as a NumPy
 view of the same memory (no copy). `Pending` keeps the tensor alive until the request completes.
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from emu.transport import CountsExchange, Pending, Transport, poll_until
+from emu.transport import Pending, Transport, poll_until
 
+EMPTY = torch.empty(0, dtype=torch.uint8)
+"""The buffer of an empty probed message."""
 GATHER_TAG = 32000
 BCAST_TAG = 32001
 """Tags of the pickled collectives; shard tags stay below them (`emu.dispatch.tag`)."""
@@ -43,36 +46,79 @@ class MPITransport(Transport):
         self.size = self.comm.Get_size()
         self.device = torch.device("cpu")
         self.messages_posted = 0
+        self._probing: dict[int, dict[int, Pending]] = {}
+        """Probed receives not matched yet: tag -> source -> Pending."""
+        self._status = MPI.Status()
 
     # ---------------------------------------------------------------------------- point to point
-    def wire_view(self, buf: torch.Tensor) -> np.ndarray:
-        """NumPy view of a host tensor: slicing it costs a fraction of slicing the tensor."""
-        return buf.numpy()
-
+    # Kept lean: these run on every exchange's critical path, where each microsecond of Python stands
+    # beside the transfer (benchmarks/emu_exchange.py)
     def _account(self, start: float) -> None:
         if not self._waiting:
             self.busy_s += MPI.Wtime() - start
 
-    def isend(self, buf_B, dst, tag, meta=None) -> Pending:
-        start = MPI.Wtime()
-        self.messages_posted += 1
-        # hand-off to MPI: buf_B is complete in host memory (see Transport.to_wire) and stays untouched
-        p = Pending(self.comm.Isend(_mpi_buffer(buf_B), dst, tag), buf_B, dst, tag, meta)
+    def isend_split(self, bufs_B, splits_PR, tags, meta=(), empty=False) -> list[Pending]:
+        start, comm, posted = MPI.Wtime(), self.comm, []
+        peers = self.peers()
+        for buf, split, t in zip(bufs_B, splits_PR, tags, strict=True):
+            view = _mpi_buffer(buf)  # a NumPy view: slicing it costs a fraction of slicing the tensor
+            ends = np.cumsum(split).tolist()
+            for dst in peers:
+                a, b = ends[dst - 1] if dst else 0, ends[dst]
+                if a < b or empty:
+                    # hand-off to MPI: a byte range of a complete host buffer (Transport.to_wire),
+                    # untouched until this send completes
+                    posted.append(Pending(comm.Isend(view[a:b], dst, t), buf, dst, t, (*meta, dst)))
+        self.messages_posted += len(posted)
         self._account(start)
-        return p
+        return posted
 
-    def irecv(self, buf_B, src, tag, meta=None) -> Pending:
-        start = MPI.Wtime()
-        # hand-off to MPI: buf_B is owned by MPI until this request completes
-        p = Pending(self.comm.Irecv(_mpi_buffer(buf_B), src, tag), buf_B, src, tag, meta)
+    def irecv_split(self, nbytes_PR, tags, meta=()) -> tuple[list[dict[int, torch.Tensor]], list[Pending]]:
+        start, comm, posted = MPI.Wtime(), self.comm, []
+        out: list[dict[int, torch.Tensor]] = [{} for _ in nbytes_PR]
+        for i, (nbytes_R, t) in enumerate(zip(nbytes_PR, tags, strict=True)):
+            for src, n in enumerate(np.asarray(nbytes_R).tolist()):
+                if n and src != self.rank:
+                    buf = out[i][src] = self.take_buffer(n)
+                    # hand-off to MPI: the buffer belongs to it until this receive completes
+                    posted.append(Pending(comm.Irecv(buf.numpy(), src, t), buf, src, t, (*meta, src)))
         self._account(start)
-        return p
+        return out, posted
+
+    def irecv_probed(self, srcs, tag, meta=()) -> list[Pending]:
+        posted = [Pending(MPI.Request(), None, src, tag, (*meta, src)) for src in srcs]  # null until matched
+        if posted:
+            self._probing.setdefault(tag, {}).update((p.peer, p) for p in posted)
+        return posted
+
+    def _match_probes(self) -> None:
+        """Match the messages of probed receives that have arrived (any source, per tag): each gets a
+        pooled buffer of its size and an Irecv; the transfer of a large message starts here."""
+        status = self._status
+        for tag in list(self._probing):
+            waiting = self._probing[tag]
+            while waiting:
+                msg = self.comm.improbe(MPI.ANY_SOURCE, tag, status)
+                if msg is None:
+                    break
+                p = waiting.pop(status.Get_source(), None)
+                if p is None:
+                    raise RuntimeError(f"rank {self.rank}: a second message with tag {tag} from rank "
+                                       f"{status.Get_source()} (one per probed receive)")
+                n = status.Get_count(MPI.BYTE)
+                # hand-off to MPI: the buffer belongs to it until this receive completes
+                p.buf = self.take_buffer(n) if n else EMPTY
+                p.handle = msg.Irecv(p.buf.numpy())
+            if not waiting:
+                del self._probing[tag]
 
     def test_some(self, pending: Sequence[Pending]) -> list[int]:
         # Kept lean: MPI advances a transfer by a step per progress call, so a transfer's latency is a
-        # number of polls, and each poll's Python cost multiplies it. Completed requests are null
-        # handles, which Testsome skips.
+        # number of polls, and each poll's Python cost multiplies it. Completed requests (and probed
+        # receives not matched yet) are null handles, which Testsome skips.
         start = 0.0 if self._waiting else MPI.Wtime()
+        if self._probing:
+            self._match_probes()
         done = MPI.Request.Testsome([p.handle for p in pending])
         if done:
             for i in done:
@@ -80,22 +126,6 @@ class MPITransport(Transport):
         if not self._waiting:
             self.busy_s += MPI.Wtime() - start
         return done or []
-
-    def exchange_counts(self, send_RX, key: int) -> CountsExchange:
-        """As Transport.exchange_counts, on NumPy rows directly (no tensor views): the counts exchange
-        is on every layer's critical path, and building torch views costs more than the MPI calls."""
-        send_RX = np.ascontiguousarray(send_RX, dtype=np.int64)
-        recv_RX = np.zeros_like(send_RX)
-        recv_RX[self.rank] = send_RX[self.rank]
-        ex = CountsExchange(key=key, send_RX=send_RX, recv_RX=recv_RX)
-        start = MPI.Wtime()
-        for peer in self.peers():
-            # hand-off to MPI: rows of the host arrays, kept alive by Pending until completion
-            ex.pending.append(Pending(self.comm.Irecv(recv_RX[peer], peer, key), recv_RX, peer, key, "counts"))
-            ex.pending.append(Pending(self.comm.Isend(send_RX[peer], peer, key), send_RX, peer, key, "counts"))
-        self.messages_posted += self.size - 1
-        self._account(start)
-        return ex
 
     # ------------------------------------------------------------------------------ collectives
     def barrier(self, timeout_s: float) -> None:

@@ -3,8 +3,8 @@
 Shape letters: T tokens of a micro-batch, D hidden, K = top_k, M micro-batches.
 
 The loop never blocks while it has work. In order of priority it
-  1. takes completed transport operations (counts -> post the shard receives; a shard -> queue it; a
-     result -> mark it), which also drives the library's progress for everything in flight;
+  1. takes completed transport operations (a shard -> queue it; a result -> mark it), which also drives
+     the library's progress for everything in flight;
   2. computes one queued shard for another rank (earliest layer and micro-batch first) and sends it back;
   3. combines a micro-batch whose results are all in, and moves it to its next layer;
   4. runs the front of a layer for a ready micro-batch: attention, gate, grouping, FP8 packing, and posts
@@ -39,7 +39,6 @@ from emu.microbatch import Layout, new_caches, rewind
 from emu.plan import RunPlan
 from emu.timing import PhaseClock
 from emu.transport import Pending, Transport, host_to
-from moe.model.fp8 import wire_bytes_per_token
 from moe.spec.schema import Scenario
 
 ALL_SOURCES = -1
@@ -137,14 +136,13 @@ class RankRuntime:
         return bool(done)
 
     def _on_complete(self, p: Pending) -> None:
-        kind, key = (p.meta[0], p.meta[1]) if isinstance(p.meta, tuple) else (p.meta, None)
-        if kind == "counts":
-            self._check_counts(self.exchanges[dp.key_of_tag(p.tag)])
-        elif kind == "shard":
+        kind, key = p.meta[0], p.meta[1]
+        if kind == "shard":
             ex, src = self.exchanges[key], p.meta[2]
-            ex.shard_parts[src] -= 1
-            if ex.shard_parts[src] == 0:
+            if dp.shard_in(self.tr, ex, src, p.buf):
                 self._arrived(ex, src)
+            else:  # an empty shard (message transports): nothing to compute
+                self._queue_all(ex)
         elif kind == "result":
             self.exchanges[key].results_missing.discard(p.meta[2])
         elif kind == "sent":
@@ -157,9 +155,9 @@ class RankRuntime:
             ex.send_buf = None
 
     def _check_counts(self, ex: dp.Exchange) -> None:
-        """Once an exchange's counts are in, post its shard receives."""
+        """Grouped transports: once an exchange's counts are in, post its shard receives."""
         if not ex.receives_posted and ex.counts is not None and ex.counts.complete:
-            self.pending += dp.post_receives(self.tr, ex, self.cfg.top_k)
+            self.pending += dp.post_receives(self.tr, ex)
             self._queue_all(ex)
 
     def _arrived(self, ex: dp.Exchange, src: int) -> None:
@@ -173,10 +171,10 @@ class RankRuntime:
         """Without overlap (or with a grouped transport): queue an exchange's shards once every one of them
         is in; a grouped transport's exchange is queued even without shards (its result joins the group)."""
         if (self.sched.overlap and not self.tr.grouped) or ex.key in self.queued_all or not ex.receives_posted \
-                or any(n for n in ex.shard_parts.values()):
+                or ex.shards_missing:
             return
         self.queued_all.add(ex.key)
-        if ex.shard_parts or self.tr.grouped:
+        if ex.shard_bufs or self.tr.grouped:
             self.shard_queue.append((ex.key, ALL_SOURCES))
 
     def _compute_one_shard(self) -> bool:
@@ -191,18 +189,17 @@ class RankRuntime:
         parts = [ex.shard_bufs[s] for s in sources]  # removed only once computed (see _release_send)
         if self.fault_armed:
             maybe_fail(self.opts, self.tr.rank, "expert", self.opts.timeout_s)
-        self.tr.ready(*[t for part in parts for t in part])  # the received rows are there for the compute
-        slot_rows_S = ex.counts.recv_RX[sources, 1:].sum(axis=0)  # from the counts: no host sync on a GPU
+        self.tr.ready(*parts)  # the received rows are there for the compute
+        slot_rows_S = dp.slot_rows(self.tr, ex, sources, self.slots)  # no host sync on a GPU
         rows_R = np.zeros(self.tr.size, dtype=np.int64)
-        for s, (w, _) in zip(sources, parts, strict=True):
-            rows_R[s] = w.shape[0]
+        for s, rows_MB in zip(sources, parts, strict=True):
+            rows_R[s] = rows_MB.shape[0]
         if parts:
             with self.clock.span("expert", layer, key % len(self.mbs)):
                 # one shard, or (without overlap) every source's rows at once: one GEMM per local expert
-                wire_MW = dp.cat_rows([w for w, _ in parts])
-                meta_MC = dp.cat_rows([m for _, m in parts])
-                result_MV = dp.compute_shard(block, self.expert_of_slot, wire_MW, meta_MC, self.cfg.hidden,
-                                             self.sched.dispatch_dtype, self.sched.combine_dtype, self.device,
+                result_MV = dp.compute_shard(block, self.expert_of_slot, self.tr.rank * self.slots,
+                                             dp.cat_rows(parts), self.cfg.hidden, self.sched.dispatch_dtype,
+                                             self.sched.combine_dtype, self.device,
                                              progress=self._take_completions, slot_rows_S=slot_rows_S)
         else:  # a grouped transport's exchange that brought this rank nothing: an empty result joins it
             result_MV = torch.empty(0, ex.result_row_bytes, dtype=torch.uint8, device=self.device)
@@ -211,10 +208,9 @@ class RankRuntime:
         if src == ALL_SOURCES:
             self.computed.add(key)
         self.stats.requests_J[layer - self.cfg.dense_layers] += int(slot_rows_S.sum())
-        for s, (w, m) in zip(sources, parts, strict=True):
+        for s, rows_MB in zip(sources, parts, strict=True):
             if s != self.tr.rank:  # compute_shard copied what it needed out of the receive buffers
-                self.tr.give_buffer(w)
-                self.tr.give_buffer(m)
+                self.tr.give_buffer(rows_MB)
         self.pending += dp.send_results(self.tr, ex, rows_R, result_MV)
         self._release_send(ex)
         return True
@@ -299,19 +295,19 @@ class RankRuntime:
         self.next_key = key + 1
         plan = dp.plan_dispatch(key, r.slot_TK[rows], r.keep_TK[rows], w_TK, self.slots, self.tr.size)
         self.stats.pair_rows_JR[j] += plan.counts_R
-        n, w = len(plan.token_N), wire_bytes_per_token(self.cfg.hidden, self.sched.dispatch_dtype)
+        n, b = len(plan.token_N), dp.row_bytes(self.cfg.hidden, self.sched.dispatch_dtype, self.cfg.top_k)
         with self.clock.span("dispatch", layer, i):
             # pooled: MPI reuses its registration of the buffer and no page faults are paid per layer
-            out = self.tr.take_buffer(n * w).view(n, w) if z_TD.device == self.tr.device else None
-            wire_NW = dp.pack_rows(z_TD, plan, self.sched.dispatch_dtype, out)
+            out = self.tr.take_buffer(n * b).view(n, b) if z_TD.device == self.tr.device else None
+            rows_NB = dp.pack_rows(z_TD, plan, self.sched.dispatch_dtype, out)
         if self.fault_armed:
             maybe_fail(self.opts, self.tr.rank, "dispatch", self.opts.timeout_s)
         ex = dp.Exchange(key, plan, self.cfg.hidden, self.sched.dispatch_dtype, self.sched.combine_dtype)
         ex.send_buf = out
         self.exchanges[key] = ex
-        self.pending += dp.post_dispatch(self.tr, ex, wire_NW)
+        self.pending += dp.post_dispatch(self.tr, ex, rows_NB)
         self.pending += dp.post_result_receives(self.tr, ex)
-        if self.tr.rank in ex.shard_parts:
+        if self.tr.rank in ex.shard_bufs:  # local rows (message transports)
             self._arrived(ex, self.tr.rank)
         self._check_counts(ex)
         st.x_TD, st.exchange = x_TD, ex
@@ -323,7 +319,7 @@ class RankRuntime:
         return self.cfg.dense_layers + key // len(self.mbs)
 
     def _shards_outstanding(self, ex: dp.Exchange) -> bool:
-        return not ex.receives_posted or any(n for n in ex.shard_parts.values())
+        return not ex.receives_posted or bool(ex.shards_missing)
 
     def _all_served(self) -> bool:
         """Every exchange's shards computed and every send completed."""

@@ -8,9 +8,13 @@ Shape letters: R ranks, X per-rank count columns (expert slots per rank), B byte
 
 Contract the protocol keeps, so that tag-less transports (NCCL matches point-to-point calls per peer in
 issue order) work too:
-- `exchange_counts` is called for the same (layer, micro-batch) keys in the same order on every rank;
+- `exchange_counts` (grouped transports) is called for the same (layer, micro-batch) keys in the same
+  order on every rank;
 - for each ordered pair of ranks, sends and receives of shards are posted in the same order on both ends
   (per (layer, micro-batch) key, dispatch shard before its combine result).
+A message transport (MPI) receives a dispatch shard of unknown size by a matched probe (`irecv_probed`):
+every peer sends one message per (layer, micro-batch), empty when it has no rows, so no counts round trip
+comes before the data moves.
 Every wait is bounded: a transport raises `WaitTimeout` naming what it waited for, and the runtime then
 aborts the whole job (`emu.faults`).
 
@@ -125,48 +129,27 @@ class Transport(ABC):
 
     # ---------------------------------------------------------------------------- point to point
     @abstractmethod
-    def isend(self, buf_B: torch.Tensor, dst: int, tag: int, meta: Any = None) -> Pending:
-        """Post a send of a contiguous uint8 buffer; the caller must not touch it until completion."""
+    def isend_split(self, bufs_B: Sequence[torch.Tensor], splits_PR: Sequence[np.ndarray], tags: Sequence[int],
+                    meta: tuple = (), empty: bool = False) -> list[Pending]:
+        """Send part r of each flat uint8 buffer bufs_B[i] (splits_PR[i][r] bytes, parts in rank order) to
+        rank r; the caller leaves the buffers untouched until the sends complete. Message transports skip
+        this rank's own part (the protocol keeps it local) and empty parts (unless `empty`: then every peer
+        gets a message), and post one send per (peer, buffer); each Pending's meta is (*meta, peer). A
+        grouped transport sends every part, its own included, in one collective."""
 
     @abstractmethod
-    def irecv(self, buf_B: torch.Tensor, src: int, tag: int, meta: Any = None) -> Pending:
-        """Post a receive into a contiguous uint8 buffer of exactly the incoming size."""
-
-    def isend_split(self, bufs_B: Sequence[torch.Tensor], splits_PR: Sequence[np.ndarray], tags: Sequence[int],
-                    meta: tuple = ()) -> list[Pending]:
-        """Send part r of each flat uint8 buffer bufs_B[i] (splits_PR[i][r] bytes, parts in rank order) to
-        rank r. Message transports skip this rank's own part (the protocol keeps it local) and empty parts,
-        and post one isend per (peer, buffer), peers in `peers()` order; each Pending's meta is
-        (*meta, peer). A grouped transport sends every part, its own included, in one collective."""
-        views = [self.wire_view(b) for b in bufs_B]  # cheap-to-slice views (NumPy for MPI)
-        offsets = [np.concatenate([[0], np.cumsum(s)]) for s in splits_PR]
-        posted = []
-        for dst in self.peers():
-            for view, off, t in zip(views, offsets, tags, strict=True):
-                a, b = int(off[dst]), int(off[dst + 1])
-                if a < b:
-                    # hand-off to the transport: a byte range of a complete buffer, untouched until done
-                    posted.append(self.isend(view[a:b], dst, t, (*meta, dst)))
-        return posted
-
     def irecv_split(self, nbytes_PR: Sequence[np.ndarray], tags: Sequence[int],
                     meta: tuple = ()) -> tuple[list[dict[int, torch.Tensor]], list[Pending]]:
         """Receive nbytes_PR[i][r] bytes of buffer kind i from every rank r. Returns, per kind, rank ->
         flat uint8 buffer, and the posted operations (meta (*meta, peer)). Message transports skip this
-        rank and empty parts (one pooled buffer and one irecv per (peer, kind), peers ascending); a grouped
-        transport returns adjacent views of one buffer per kind, in rank order, its own part included."""
-        out: list[dict[int, torch.Tensor]] = [{} for _ in nbytes_PR]
-        posted = []
-        for src in range(self.size):
-            if src == self.rank:
-                continue
-            for i, (nbytes_R, t) in enumerate(zip(nbytes_PR, tags, strict=True)):
-                n = int(nbytes_R[src])
-                if n:
-                    buf = out[i][src] = self.take_buffer(n)
-                    # hand-off to the transport: the buffer belongs to it until this receive completes
-                    posted.append(self.irecv(self.wire_view(buf), src, t, (*meta, src)))
-        return out, posted
+        rank and empty parts (one pooled buffer and one receive per (peer, kind)); a grouped transport
+        returns adjacent views of one buffer per kind, in rank order, its own part included."""
+
+    def irecv_probed(self, srcs: Sequence[int], tag: int, meta: tuple = ()) -> list[Pending]:
+        """Receive one message of any size with `tag` from each of `srcs` (message transports): each
+        Pending gets its buffer (`buf`, exactly the message's bytes) once a probe matched the message;
+        meta (*meta, src)."""
+        raise NotImplementedError(f"{self.name}: a grouped transport sizes its receives by exchange_counts")
 
     def ready(self, *bufs: torch.Tensor) -> None:
         """Make the caller's next work (host code, or the current device stream) see the data that completed
@@ -202,22 +185,9 @@ class Transport(ABC):
 
     # --------------------------------------------------------------------------------- counts
     def exchange_counts(self, send_RX: np.ndarray, key: int) -> CountsExchange:
-        """Start sending row r of send_RX (int64) to rank r and receiving each rank's row for us;
-        `key` identifies the (layer, micro-batch). Our own row is copied locally. Default: one small
-        point-to-point message per peer (tags keep keys apart)."""
-        r, x = send_RX.shape
-        send_flat = np.array(send_RX, dtype=np.int64).reshape(-1)  # 1-D, stride 1: rows are byte ranges
-        recv_flat = np.zeros(r * x, dtype=np.int64)
-        recv_RX = recv_flat.reshape(r, x)
-        recv_RX[self.rank] = send_RX[self.rank]
-        ex = CountsExchange(key=key, send_RX=send_flat.reshape(r, x), recv_RX=recv_RX)
-        send_t, recv_t = torch.from_numpy(send_flat), torch.from_numpy(recv_flat)
-        for peer in self.peers():
-            rows = slice(peer * x, (peer + 1) * x)
-            # hand-off to the library: rows of the host arrays, kept alive by Pending until completion
-            ex.pending.append(self.irecv(recv_t[rows].view(torch.uint8), peer, key, meta="counts"))
-            ex.pending.append(self.isend(send_t[rows].view(torch.uint8), peer, key, meta="counts"))
-        return ex
+        """Grouped transports: send row r of send_RX (int64) to rank r and receive each rank's row for us;
+        `key` identifies the (layer, micro-batch)."""
+        raise NotImplementedError(f"{self.name}: a message transport sizes its receives by probe (irecv_probed)")
 
     def peers(self) -> list[int]:
         """Other ranks, starting after our own so that not every rank talks to rank 0 first."""
@@ -272,8 +242,8 @@ class Transport(ABC):
         return pool
 
     def give_buffer(self, buf: torch.Tensor) -> None:
-        """Return a buffer from `take_buffer` (or any view of it that starts at its first byte, a
-        `wire_view` included) once nothing reads or writes it; other tensors are ignored."""
+        """Return a buffer from `take_buffer` (or any view of it that starts at its first byte, a NumPy
+        view included) once nothing reads or writes it; other tensors are ignored."""
         ptr = buf.ctypes.data if isinstance(buf, np.ndarray) else buf.data_ptr()
         base = self._buffer_pool()["taken"].pop(ptr, None)
         pool = self._buffer_pool()
@@ -281,11 +251,6 @@ class Transport(ABC):
             pool["free"].setdefault(base.numel(), []).append(base)
 
     # ---------------------------------------------------------------------------- host hand-off
-    def wire_view(self, buf: torch.Tensor):
-        """The form in which this transport takes a buffer, sliceable by rows and flattenable with
-        reshape(-1): the tensor itself by default, a NumPy view of the same memory for MPI."""
-        return buf
-
     def to_wire(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor as a contiguous buffer on this transport's device. From a CUDA tensor to the host this
         is a synchronous copy: the copy waits for the producing stream, so the buffer is complete before

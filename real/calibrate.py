@@ -170,7 +170,6 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
     import torch.distributed as dist
 
     from emu import dispatch as dp
-    from moe.model.fp8 import wire_bytes_per_token
     from moe.model.optable import uniform_routing
     from moe.model.shapes import EXCHANGE, op_signature
     from real.groups import process_groups
@@ -192,7 +191,7 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
             ids_TK = uniform_routing(t, m.experts, m.top_k, gen)
             plan = dp.plan_dispatch(0, ids_TK, np.ones(ids_TK.shape, dtype=bool),
                                     torch.rand(t, m.top_k, device=dev), -(-m.experts // ranks), ranks)
-            wire_NW = torch.zeros(len(plan.token_N), wire_bytes_per_token(m.hidden, wire[0]), dtype=torch.uint8,
+            rows_NB = torch.zeros(len(plan.token_N), dp.row_bytes(m.hidden, wire[0], m.top_k), dtype=torch.uint8,
                                   device=dev)
             times = []
             for i in range(2 + repeats):
@@ -202,13 +201,13 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
                 dist.barrier(group=groups.objects)
                 t0 = time.perf_counter()
                 ex = dp.Exchange(0, plan, m.hidden, *wire)
-                dp.post_dispatch(tr, ex, wire_NW)
+                dp.post_dispatch(tr, ex, rows_NB)
                 dp.post_result_receives(tr, ex)
-                dp.post_receives(tr, ex, m.top_k)
+                dp.post_receives(tr, ex)
                 rows_R = np.zeros(ranks, dtype=np.int64)
-                for src, (w, _) in ex.shard_bufs.items():
-                    rows_R[src] = w.shape[0]
-                tr.ready(*[b for part in ex.shard_bufs.values() for b in part])
+                for src, rows_MB in ex.shard_bufs.items():
+                    rows_R[src] = rows_MB.shape[0]
+                tr.ready(*ex.shard_bufs.values())
                 result = torch.empty(int(rows_R.sum()), ex.result_row_bytes, dtype=torch.uint8, device=dev)
                 dp.send_results(tr, ex, rows_R, result)
                 tr.ready(*ex.result_bufs.values())

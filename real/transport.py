@@ -46,7 +46,7 @@ from emu.transport import CountsExchange, Pending, Transport, WaitTimeout, poll_
 from real.groups import Groups
 from real.stall import guard
 
-PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_META: "dispatch", dp.KIND_RESULT: "combine"}
+PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_RESULT: "combine"}
 MODES = ("p2p", "all_to_all")
 
 
@@ -340,12 +340,6 @@ class RealTransport(Transport):
                 self._wait_host(g, f"the {g.phase} transfers of exchange {g.key} at the end of the step")
         if not self.cuda:
             self.in_flight = []
-
-    def isend(self, buf_B, dst, tag, meta=None) -> Pending:
-        raise NotImplementedError("a grouped transport moves shards with isend_split")
-
-    def irecv(self, buf_B, src, tag, meta=None) -> Pending:
-        raise NotImplementedError("a grouped transport moves shards with irecv_split")
 
     # ------------------------------------------------------------------------------ buffers
     def take_buffer(self, nbytes: int) -> torch.Tensor:

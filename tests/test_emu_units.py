@@ -24,34 +24,41 @@ def test_plan_groups_distinct_tokens_per_destination(t, k, ranks, slots, seed):
     keep_TK = rng.random((t, k)) > 0.2
     w_TK = torch.from_numpy(rng.random((t, k)).astype(np.float32))
     plan = dp.plan_dispatch(3, slot_TK, keep_TK, w_TK, slots, ranks)
+    rows_NB = dp.pack_rows(torch.zeros(t, 8), plan, "bf16")
+    assert rows_NB.shape == (len(plan.token_N), dp.row_bytes(8, "bf16", k))
+    meta_NC = rows_NB[:, :8 * k].contiguous().view(torch.int32)
     for d in range(ranks):
         rows = plan.rows_to(d)
         expect = sorted({i for i in range(t) for j in range(k) if keep_TK[i, j] and slot_TK[i, j] // slots == d})
         assert plan.token_N[rows].tolist() == expect  # distinct tokens, ascending: moe.traffic's count
-        meta = plan.meta_NC[rows]
+        meta = meta_NC[rows]
+        local = dp.local_slots(meta[:, :k], d * slots, slots)  # what rank d keeps of each row
         for r, tok in enumerate(expect):
             for j in range(k):
                 here = keep_TK[tok, j] and slot_TK[tok, j] // slots == d
-                assert meta[r, j] == (slot_TK[tok, j] % slots if here else -1)
+                assert local[r, j] == (slot_TK[tok, j] % slots if here else -1)
             assert torch.equal(meta[r, k:].view(torch.float32), w_TK[tok])
+        assert local[local >= 0].numel() == plan.requests_RS[d].sum()
     assert plan.counts_R.sum() == len(plan.token_N)
 
 
 def test_compute_shard_weights_each_local_expert():
-    """Rows that chose two local experts get w1 f1(x) + w2 f2(x); other choices are ignored."""
+    """Rows that chose two local experts get w1 f1(x) + w2 f2(x); choices of other ranks' slots and dropped
+    ones (-1) are ignored. This rank's slots are 10 and 11 (global ids)."""
 
     class Block:
         def expert_forward(self, expert, x):
             return (x.dequantize(torch.float32) if hasattr(x, "q_TD") else x.float()) * (expert + 1)
 
     x = torch.tensor([[1.0] * 128, [2.0] * 128])
-    wire = dp.pack(x, "bf16")
-    meta = torch.tensor([[0, 1, -1, 0, 0, 0], [-1, 1, 0, 0, 0, 0]], dtype=torch.int32)
+    meta = torch.tensor([[10, 11, -1, 0, 0, 0], [12, 11, 10, 0, 0, 0]], dtype=torch.int32)
     meta[:, 3:] = torch.tensor([[0.5, 0.25, 9.0], [9.0, 1.0, 2.0]]).view(torch.int32)
-    out = dp.unpack(dp.compute_shard(Block(), [4, 7], wire, meta, 128, "bf16", "bf16", torch.device("cpu")),
-                    128, "bf16")
-    assert torch.allclose(out[0].float(), torch.full((128,), 0.5 * 5 + 0.25 * 8))
-    assert torch.allclose(out[1].float(), torch.full((128,), 2.0 * (1.0 * 8 + 2.0 * 5)))
+    rows = dp.pack(x, "bf16", head=meta.view(torch.uint8))
+    for slot_rows in (None, np.array([2, 2])):  # grouped by nonzero per slot, or by one sort
+        out = dp.unpack(dp.compute_shard(Block(), [4, 7], 10, rows, 128, "bf16", "bf16", torch.device("cpu"),
+                                         slot_rows_S=slot_rows), 128, "bf16")
+        assert torch.allclose(out[0].float(), torch.full((128,), 0.5 * 5 + 0.25 * 8))
+        assert torch.allclose(out[1].float(), torch.full((128,), 2.0 * (1.0 * 8 + 2.0 * 5)))
 
 
 def test_tags_stay_below_the_collective_tags():

@@ -83,7 +83,7 @@ def test_misuse_is_refused(groups):
         tr.isend_split([torch.zeros(1, dtype=torch.uint8)] * 2, [np.array([1])] * 2,
                        [dp.tag(2, dp.KIND_PAYLOAD), dp.tag(2, dp.KIND_RESULT)])
     with pytest.raises(NotImplementedError):
-        tr.isend(torch.zeros(1, dtype=torch.uint8), 0, 0)
+        tr.irecv_probed([0], dp.tag(3, dp.KIND_PAYLOAD))
 
 
 def test_cat_rows_views_adjacent_blocks_and_copies_others():

@@ -144,17 +144,20 @@ def wire_bytes_per_token(hidden: int, dtype: str) -> int:
     return activation_bytes_per_token(hidden, dtype)
 
 
-def pack(x: torch.Tensor | Fp8Act, dtype: str) -> torch.Tensor:
+def pack(x: torch.Tensor | Fp8Act, dtype: str, head: torch.Tensor | None = None) -> torch.Tensor:
     """Activations -> wire rows uint8 [T, B]. `x` is a float tensor [T, D] (quantized here when dtype is
-    "fp8") or an already quantized Fp8Act."""
+    "fp8") or an already quantized Fp8Act. `head` (uint8 [T, H]): columns written before each row's
+    activation bytes in the same copy (rows [T, H + B]); `unpack` then takes the rows without them."""
     if dtype not in WIRE_DTYPES:
         raise ValueError(f"wire dtype {dtype!r} is not one of {WIRE_DTYPES}")
+    lead = [] if head is None else [head]
     if dtype == "bf16":
         if isinstance(x, Fp8Act):
             x = dequantize_act(x)
-        return x.to(torch.bfloat16).contiguous().view(torch.uint8)
+        wire = x.to(torch.bfloat16).contiguous().view(torch.uint8)
+        return torch.cat([*lead, wire], dim=1) if lead else wire
     a = x if isinstance(x, Fp8Act) else quantize_act(x)
-    return torch.cat([a.q_TD.view(torch.uint8), a.scale_TG.view(torch.uint8)], dim=1)
+    return torch.cat([*lead, a.q_TD.view(torch.uint8), a.scale_TG.view(torch.uint8)], dim=1)
 
 
 def unpack(buf_TB: torch.Tensor, hidden: int, dtype: str) -> torch.Tensor | Fp8Act:
