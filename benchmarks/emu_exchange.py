@@ -52,7 +52,7 @@ def emu_exchange_s(tr: MPITransport, rows_per_peer: int, key: int) -> float:
     n = len(plan.token_N)
     rows_NB = tr.take_buffer(n * ROW_BYTES).view(n, ROW_BYTES)  # pack_rows fills a pooled buffer in a run
     ex = dp.Exchange(key, plan, hidden=7168, dispatch_dtype="fp8", combine_dtype="bf16")
-    tr.barrier(TIMEOUT_S)
+    tr.comm.Barrier()  # as osu_bibw_window_s: a spinning barrier (the bounded one sleeps while it waits)
     start = MPI.Wtime()
     pending = dp.post_dispatch(tr, ex, rows_NB)  # the combine's result receives are not part of this
     done = tr.test_some(pending)

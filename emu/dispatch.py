@@ -23,7 +23,8 @@ destination moves a shard; the receiver keeps the choices whose slot is one of i
                 grouped transports (NCCL, gloo collectives) exchange counts (rows, and requests per expert
                 slot) first, since a collective's receive sizes must be known, then post_receives
               post_result_receives: receive every destination's combine results (sizes known: its rows)
-  receiver    shard_in: a source's shard is in (its counts row from its meta columns on message transports)
+  receiver    shard_in: a source's shard is in (message transports: its size gives the rows)
+              slot_rows: pairs per local slot (from the counts, or from the rows' meta columns)
               compute_shard (each local expert on its rows, weighted sum), then send_results (the V-byte
               rows back to the sources)
   sender      on every result: combine_rows: sum the returned rows into the token's output
@@ -32,7 +33,7 @@ The rows for this rank itself never touch a message transport (they are computed
 buffer directly), but go through the same wire rounding so the result does not depend on placement; a
 grouped transport carries them in its collective like every other part. On a GPU nothing here reads
 device data back to the host: the row and per-slot counts come from the host-side routing plan and the
-counts exchange.
+counts exchange (grouped transports) or from the received host rows (MPI).
 Tags: tag = key * 4 + kind, key = (step-local layer, micro-batch) index; see `tag`.
 """
 
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from emu.transport import CountsExchange, Pending, Transport, host_to
+from emu.transport import Pending, Transport, host_to
 from moe.model.fp8 import pack, unpack, wire_bytes_per_token
 
 KIND_COUNTS, KIND_PAYLOAD, KIND_RESULT = 0, 1, 3
@@ -148,8 +149,8 @@ class Exchange:
     hidden: int
     dispatch_dtype: str
     combine_dtype: str
-    counts: CountsExchange | None = None
-    """Grouped transports: rows and requests per slot of every source."""
+    counts_RX: np.ndarray | None = None
+    """Grouped transports: each source's counts row for this rank (rows, then requests per local slot)."""
     sends: list[Pending] = field(default_factory=list)
     result_bufs: dict[int, torch.Tensor] = field(default_factory=dict)
     """Destination rank -> its [rows, V] combine rows (the local one filled without the transport)."""
@@ -185,10 +186,9 @@ def post_dispatch(tr: Transport, ex: Exchange, rows_NB: torch.Tensor) -> list[Pe
     rows_NB = tr.to_wire(rows_NB)
     rows_R = plan.counts_R
     if tr.grouped:
-        ex.counts = tr.exchange_counts(plan.counts_RX, tag(key, KIND_COUNTS))
-        ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [tag(key, KIND_PAYLOAD)],
-                                  ("sent", key))
-        posted = list(ex.counts.pending) + ex.sends
+        ex.counts_RX = tr.exchange_counts(plan.counts_RX, tag(key, KIND_COUNTS))
+        posted = ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]],
+                                           [tag(key, KIND_PAYLOAD)], ("sent", key))
     else:
         # hand-off to the transport: each destination's rows are a contiguous byte range of rows_NB,
         # untouched until its send is done; every peer gets a message (an empty one says "no rows").
@@ -216,10 +216,11 @@ def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
 
 
 def post_receives(tr: Transport, ex: Exchange) -> list[Pending]:
-    """Receiver side of a grouped transport, once the counts are in: receive every source's rows."""
-    assert tr.grouped and ex.counts is not None and ex.counts.complete
+    """Receiver side of a grouped transport, after post_dispatch (the counts are in): receive every
+    source's rows."""
+    assert tr.grouped and ex.counts_RX is not None
     b = ex.row_bytes
-    rows_R = ex.counts.recv_RX[:, 0]
+    rows_R = ex.counts_RX[:, 0]
     (bufs,), posted = tr.irecv_split([rows_R * b], [tag(ex.key, KIND_PAYLOAD)], ("shard", ex.key))
     for src, flat in bufs.items():  # this rank's own rows too: the collective carries them
         ex.shard_bufs[src] = flat.view(int(rows_R[src]), b)
@@ -251,7 +252,7 @@ def slot_rows(tr: Transport, ex: Exchange, sources: list[int], slots: int) -> np
     transport from the counts exchange (no host synchronization on a GPU), on a message transport from
     the rows' meta columns (host buffers) or, for this rank's own rows, from the plan."""
     if tr.grouped:
-        return ex.counts.recv_RX[sources, 1:].sum(axis=0)
+        return ex.counts_RX[sources, 1:].sum(axis=0)
     k, out = ex.plan.top_k, np.zeros(slots, dtype=np.int64)
     for src in sources:
         if src == tr.rank:
@@ -287,12 +288,15 @@ def compute_shard(block, expert_of_slot: list[int], first_slot: int, rows_MB: to
     so transfers in flight keep moving during a long shard. `slot_rows_S`: (row, choice) pairs per local
     slot (from the counts); given, the rows are grouped by one stable sort on the device with no host
     synchronization, else by a nonzero per slot."""
-    # the received host rows go to the compute device (a copy; the receive buffer can be reused after)
+    # the received host rows go to the compute device; what is needed is copied out of them (unpack, the
+    # meta's own buffer), so the receive buffer can be reused after
     rows_MB = rows_MB.to(device)
     c = rows_MB.shape[1] - wire_bytes_per_token(hidden, dispatch_dtype)
     k = c // 8
     x = unpack(rows_MB[:, c:], hidden, dispatch_dtype)
-    meta_MC = rows_MB[:, :c].contiguous().view(torch.int32)
+    # a fresh [M, 2K] buffer: a row stride that is no multiple of 4 (bf16 rows of odd hidden) forbids an
+    # int32 view of the rows themselves
+    meta_MC = torch.empty(rows_MB.shape[0], c, dtype=torch.uint8, device=device).copy_(rows_MB[:, :c]).view(torch.int32)
     slot_MK = local_slots(meta_MC[:, :k], first_slot, len(expert_of_slot))
     w_MK = meta_MC[:, k:].view(torch.float32)
     out_MD = torch.zeros(rows_MB.shape[0], hidden, dtype=torch.float32, device=device)

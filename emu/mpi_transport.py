@@ -87,24 +87,31 @@ class MPITransport(Transport):
 
     def irecv_probed(self, srcs, tag, meta=()) -> list[Pending]:
         posted = [Pending(MPI.Request(), None, src, tag, (*meta, src)) for src in srcs]  # null until matched
-        if posted:
-            self._probing.setdefault(tag, {}).update((p.peer, p) for p in posted)
+        waiting = self._probing.setdefault(tag, {})
+        for p in posted:
+            if p.peer in waiting:
+                raise RuntimeError(f"rank {self.rank}: a second probed receive from rank {p.peer} with tag {tag} "
+                                   "before the first matched")
+            waiting[p.peer] = p
+        if not waiting:
+            del self._probing[tag]
         return posted
 
     def _match_probes(self) -> None:
-        """Match the messages of probed receives that have arrived (any source, per tag): each gets a
-        pooled buffer of its size and an Irecv; the transfer of a large message starts here."""
+        """Match the messages of probed receives that have arrived: each gets a pooled buffer of its size
+        and an Irecv (a large message's transfer starts here). Probed per source, not ANY_SOURCE: MPI keeps
+        the messages of one source and tag in order, so a fast peer's message of the next step (the same
+        tag) can never be taken for this one."""
         status = self._status
         for tag in list(self._probing):
+            if not self.comm.iprobe(MPI.ANY_SOURCE, tag):  # one call while nothing of this tag is in
+                continue
             waiting = self._probing[tag]
-            while waiting:
-                msg = self.comm.improbe(MPI.ANY_SOURCE, tag, status)
+            for src in list(waiting):
+                msg = self.comm.improbe(src, tag, status)
                 if msg is None:
-                    break
-                p = waiting.pop(status.Get_source(), None)
-                if p is None:
-                    raise RuntimeError(f"rank {self.rank}: a second message with tag {tag} from rank "
-                                       f"{status.Get_source()} (one per probed receive)")
+                    continue
+                p = waiting.pop(src)
                 n = status.Get_count(MPI.BYTE)
                 # hand-off to MPI: the buffer belongs to it until this receive completes
                 p.buf = self.take_buffer(n) if n else EMPTY

@@ -154,12 +154,6 @@ class RankRuntime:
             self.tr.give_buffer(ex.send_buf)
             ex.send_buf = None
 
-    def _check_counts(self, ex: dp.Exchange) -> None:
-        """Grouped transports: once an exchange's counts are in, post its shard receives."""
-        if not ex.receives_posted and ex.counts is not None and ex.counts.complete:
-            self.pending += dp.post_receives(self.tr, ex)
-            self._queue_all(ex)
-
     def _arrived(self, ex: dp.Exchange, src: int) -> None:
         """Every part of src's shard is in: with overlap it can be computed at once."""
         if self.sched.overlap and not self.tr.grouped:
@@ -307,9 +301,11 @@ class RankRuntime:
         self.exchanges[key] = ex
         self.pending += dp.post_dispatch(self.tr, ex, rows_NB)
         self.pending += dp.post_result_receives(self.tr, ex)
-        if self.tr.rank in ex.shard_bufs:  # local rows (message transports)
+        if self.tr.grouped:  # the counts are in: receive the shards
+            self.pending += dp.post_receives(self.tr, ex)
+            self._queue_all(ex)
+        elif self.tr.rank in ex.shard_bufs:  # local rows
             self._arrived(ex, self.tr.rank)
-        self._check_counts(ex)
         st.x_TD, st.exchange = x_TD, ex
         with self.clock.span("expert", layer, i):
             st.shared_TD = block.shared_forward(z_TD)

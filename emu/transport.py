@@ -18,8 +18,9 @@ comes before the data moves.
 Every wait is bounded: a transport raises `WaitTimeout` naming what it waited for, and the runtime then
 aborts the whole job (`emu.faults`).
 
-The protocol posts the shards of one (layer, micro-batch) through `isend_split` / `irecv_split` (a buffer
-split by rank), which message transports (MPI) turn into one message per peer. A `grouped` transport
+The protocol sends the shards of one (layer, micro-batch) through `isend_split` (a buffer split by rank)
+and receives them through `irecv_probed` on message transports (MPI: one message per peer, sized by a
+matched probe) or `irecv_split` on grouped ones (sizes from the counts exchange). A `grouped` transport
 (real/: NCCL or gloo) moves them as one collective per direction instead (`all_to_all_single` or
 `batch_isend_irecv`), own rank's part included; the runtime then computes a (layer, micro-batch)'s shards
 together and starts layers in key order (`emu.runtime`). A transport whose completions are ordered on a
@@ -32,7 +33,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -76,20 +77,6 @@ class Pending:
     tag: int
     meta: Any = None
     done: bool = False
-
-
-@dataclass
-class CountsExchange:
-    """Counts in flight: recv_RX[src] is valid for every src once `pending` has completed."""
-
-    key: int
-    send_RX: np.ndarray
-    recv_RX: np.ndarray
-    pending: list[Pending] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return all(p.done for p in self.pending)
 
 
 def poll_until(test: Callable[[], T | None], timeout_s: float, what: str, rank: int, spin_s: float = SPIN_S) -> T:
@@ -184,9 +171,9 @@ class Transport(ABC):
             self._waiting = False
 
     # --------------------------------------------------------------------------------- counts
-    def exchange_counts(self, send_RX: np.ndarray, key: int) -> CountsExchange:
-        """Grouped transports: send row r of send_RX (int64) to rank r and receive each rank's row for us;
-        `key` identifies the (layer, micro-batch)."""
+    def exchange_counts(self, send_RX: np.ndarray, key: int) -> np.ndarray:
+        """Grouped transports: send row r of send_RX (int64) to rank r and return every rank's row for us
+        (recv_RX[src]); synchronous (bounded). `key` identifies the (layer, micro-batch)."""
         raise NotImplementedError(f"{self.name}: a message transport sizes its receives by probe (irecv_probed)")
 
     def peers(self) -> list[int]:

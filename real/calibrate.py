@@ -159,7 +159,7 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[di
 def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ...], repeats: int) -> list[dict]:
     """Op `exchange`: host seconds of the protocol's bookkeeping of one (layer, micro-batch) exchange of T
     tokens through the real transport (`real.transport`'s default), every rank at once from a barrier:
-    the counts round trip, posting payload, meta and result collectives and the receives, as
+    the counts round trip, posting the row and result collectives and the receives, as
     `emu.runtime` calls them (`emu.dispatch`; planning and packing are the `dispatch` op, the expert and
     the sum their own ops). Uniform routing over the model's experts; per_node 0 as for every GPU point
     (its ranks are the calibration job's); the median over ranks of each rank's median."""

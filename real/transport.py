@@ -5,7 +5,7 @@ Shape letters: R ranks, X count columns, B bytes of a buffer.
 A grouped transport (`emu.transport`): the split sends and receives that the protocol (`emu.dispatch`)
 posts for one (layer, micro-batch) key and phase form a `Group`, issued as one collective once both sides
 are posted:
-  phase "dispatch": payload + meta shards      phase "combine": result rows
+  phase "dispatch": dispatch rows (meta in front) phase "combine": result rows
   mode `all_to_all`: one `all_to_all_single` per buffer kind with the byte splits, own part included
   mode `p2p`:        one `batch_isend_irecv` of every peer's parts; the own part is copied locally
 Receive buffers are one tensor per kind with a region per source in rank order, so a key's shards are
@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from emu import dispatch as dp
 from emu.faults import report_failure
-from emu.transport import CountsExchange, Pending, Transport, WaitTimeout, poll_until
+from emu.transport import Pending, Transport, WaitTimeout, poll_until
 from real.groups import Groups
 from real.stall import guard
 
@@ -146,14 +146,14 @@ class RealTransport(Transport):
         every rank with stream-ordered completion, the same per phase otherwise (tests)."""
 
     # ------------------------------------------------------------------------------------ counts
-    def exchange_counts(self, send_RX: np.ndarray, key: int) -> CountsExchange:
+    def exchange_counts(self, send_RX: np.ndarray, key: int) -> np.ndarray:
         """Synchronous all-to-all of count rows: row r of send_RX to rank r."""
         send = np.ascontiguousarray(send_RX, dtype=np.int64)
         self.issue_log.append(("counts", dp.key_of_tag(key)))
         if not self.cuda:
             recv_t = torch.empty(send.shape, dtype=torch.int64)
             dist.all_to_all_single(recv_t, torch.from_numpy(send), group=self.pg.counts)  # bounded: group timeout
-            return CountsExchange(key=key, send_RX=send, recv_RX=recv_t.numpy())
+            return recv_t.numpy()
         # the host waits here, the one host synchronization per (layer, micro-batch): the receiver must know
         # its shard sizes before it posts their receives. Plain copies (pageable memory, each waits for its
         # stream) replace pinned staging and an event poll (4 x H100: 220 us a round trip by
@@ -165,7 +165,7 @@ class RealTransport(Transport):
             recv_t = torch.empty_like(send_t)
             dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
             recv = recv_t.cpu().numpy()
-        return CountsExchange(key=key, send_RX=send, recv_RX=recv)
+        return recv
 
     # ------------------------------------------------------------------------------ shard groups
     def _group(self, tags: Sequence[int]) -> Group:
@@ -178,7 +178,7 @@ class RealTransport(Transport):
             self.groups[ident] = Group(*ident)
         return self.groups[ident]
 
-    def isend_split(self, bufs_B, splits_PR, tags, meta=()) -> list[Pending]:
+    def isend_split(self, bufs_B, splits_PR, tags, meta=(), empty=False) -> list[Pending]:
         g = self._group(tags)
         if g.send is not None:
             raise RuntimeError(f"rank {self.rank}: second send of {g.phase} key {g.key} (one per key and phase)")

@@ -61,6 +61,41 @@ def test_compute_shard_weights_each_local_expert():
         assert torch.allclose(out[1].float(), torch.full((128,), 2.0 * (1.0 * 8 + 2.0 * 5)))
 
 
+def test_compute_shard_reads_meta_of_rows_with_an_odd_stride():
+    """bf16 rows of an odd hidden size are 2 (mod 4) bytes long: the meta columns cannot be viewed as
+    int32 in place, even for a single row."""
+
+    class Block:
+        def expert_forward(self, expert, x):
+            return x.float() * (expert + 1)
+
+    meta = torch.tensor([[3, -1, 0, 0]], dtype=torch.int32)
+    meta[:, 2:] = torch.tensor([[0.5, 7.0]]).view(torch.int32)
+    rows = dp.pack(torch.ones(1, 129), "bf16", head=meta.view(torch.uint8))
+    assert rows.shape == (1, dp.row_bytes(129, "bf16", 2)) and rows.shape[1] % 4 == 2
+    out = dp.unpack(dp.compute_shard(Block(), [0, 1], 2, rows, 129, "bf16", "bf16", torch.device("cpu")), 129, "bf16")
+    assert torch.allclose(out.float(), torch.full((1, 129), 0.5 * 2))
+
+
+def test_shard_in_sizes_a_probed_message_by_its_bytes():
+    from mpi4py import MPI
+
+    from emu.mpi_transport import MPITransport
+
+    tr = MPITransport(MPI.COMM_SELF)
+    slot_TK = np.array([[0, 2], [3, 1]])  # 2 slots per rank: slots 2 and 3 are rank 1's
+    plan = dp.plan_dispatch(0, slot_TK, np.ones((2, 2), dtype=bool), torch.ones(2, 2), 2, 2)
+    ex = dp.Exchange(0, plan, 8, "bf16", "bf16")
+    ex.shards_missing.update({1, 2, 3})
+    assert not dp.shard_in(tr, ex, 1, torch.empty(0, dtype=torch.uint8))  # an empty shard: nothing to compute
+    with pytest.raises(RuntimeError, match="not whole 32-byte rows"):
+        dp.shard_in(tr, ex, 2, torch.empty(50, dtype=torch.uint8))
+    rows = dp.pack_rows(torch.zeros(2, 8), plan, "bf16")[plan.rows_to(0)]  # the rows rank 0 gets
+    assert dp.shard_in(tr, ex, 3, rows.reshape(-1)) and ex.shard_bufs[3].shape == (2, 32)
+    assert ex.shards_missing == set()
+    assert dp.slot_rows(tr, ex, [3], 2).tolist() == [1, 1]  # rank 0 keeps slot 0 of token 0, 1 of token 1
+
+
 def test_tags_stay_below_the_collective_tags():
     assert dp.tag(dp.MAX_KEY, dp.KIND_RESULT) < 32000
     with pytest.raises(ValueError, match="too many layers"):

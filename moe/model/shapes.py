@@ -119,7 +119,7 @@ OPS = ("attention.prefill", "attention.decode", "gate", "dispatch", "expert", "s
 """The runtime's operations that moe.model.optable times and the simulator looks up (cluster.op_table)."""
 EXCHANGE = "exchange"
 """Also in the table, timed with a transport (real/calibrate.py): the host's bookkeeping of one (layer,
-micro-batch) exchange (counts round trip, posting the payload, meta and result collectives)."""
+micro-batch) exchange (counts round trip, posting the row and result collectives)."""
 
 
 def op_signature(model: Model, op: str, wire: tuple[str, str] = ("fp8", "bf16")) -> str:
