@@ -11,8 +11,9 @@ For each shard size S (bytes of rows one rank sends to each other rank) it measu
   (`shard_in`), completion through the Transport's bounded waits; time from a barrier to the last shard
   in, slowest rank; bytes per direction per second;
 - osu_bibw: OSU bidirectional bandwidth (both ranks post a window of 64 Irecvs and 64 Isends of S bytes,
-  Waitall), bytes per direction per second (emu.calibrate.osu_bibw_GBps). With 2 ranks both patterns
-  move S bytes each way per shard;
+  Waitall), bytes per direction per second (emu.calibrate.osu_bibw_GBps), between buffers from the
+  transport's pool as the exchange's are (page size changes large copies by up to 2x here). With 2 ranks
+  both patterns move S bytes each way per shard;
 and prints the ratio (best and median of repeats; at each size the emu repeats run before the OSU ones),
 and, for context, one prepared Irecv + Isend each way without the protocol (median).
 The issue's target: emu >= 70% of osu_bibw for S >= 1 MB.
@@ -112,7 +113,10 @@ def main() -> None:
     for size in sizes:
         rows = max(1, size // ROW_BYTES)
         payload = rows * ROW_BYTES
-        send, recv = np.zeros(payload, dtype=np.uint8), np.zeros(payload, dtype=np.uint8)
+        # the same kind of buffers as the exchange's (the transport's pool: power-of-two capacities, huge
+        # pages from 4 MB on), so that page size does not decide the ratio
+        send, recv = tr.take_buffer(payload).numpy(), tr.take_buffer(payload).numpy()
+        send[:] = 1
         emu_s, osu_s, raw_s = [], [], []
         for rep in range(args.repeats + 2):  # the first two warm up
             e = comm.allreduce(emu_exchange_s(tr, rows, key % dp.MAX_KEY), op=MPI.MAX)
