@@ -10,7 +10,8 @@ sim,emu`); the emulator measures it in `--rounds` rounds, every scenario once pe
 load on this shared machine hits one round of a scenario rather than all of them. The table gives the
 median of the rounds' step times (each itself the emulator's median over its repeats), their range, the
 prediction's error against the median and against the fastest round (the host's speed when other jobs
-leave it alone; calibration keeps each operation's median pass, emu.calibrate), and the largest phases. The
+leave it alone; calibration keeps each operation's median pass, emu.calibrate), the largest phases, and the
+host probe's difference (`moe.hostprobe`: + when the host was slower while calibrated than in the run). The
 issue's target: |error| of step time <= 15% where ranks <= cores.
 """
 
@@ -83,8 +84,10 @@ def main() -> None:
         mid = runs[len(runs) // 2]
         step = statistics.median(r.step_time_s for r in runs)
         err = predicted[c].step_time_s / step - 1
-        phases = sorted(compare(predicted[c], mid)[2:], key=lambda r: -r["measured"])[:3]
+        rows_c = compare(predicted[c], mid)
+        phases = sorted([r for r in rows_c[2:] if r["quantity"] != "host_probe_s"], key=lambda r: -r["measured"])[:3]
         detail = ", ".join(f"{r['quantity'][:-2]} {r['rel_error']:+.0%} ({r['measured'] * 1e3:.1f})" for r in phases)
+        detail += "".join(f"; host probe {r['rel_error']:+.0%}" for r in rows_c if r["quantity"] == "host_probe_s")
         span = f"{runs[0].step_time_s * 1e3:.0f}-{runs[-1].step_time_s * 1e3:.0f}"
         err_min = predicted[c].step_time_s / runs[0].step_time_s - 1
         print(f"{c[0]:>5} {c[1]:<22} {str(c[2]):>7} {predicted[c].step_time_s * 1e3:>9.1f} {step * 1e3:>9.1f} "

@@ -41,6 +41,7 @@ import torch
 from emu.coldcache import flusher, median_time_s
 from emu.job import ranks_on_host, set_threads
 from emu.report import cpu_name, host_memory_GB
+from moe.hostprobe import host_probe_s
 from moe.spec.loader import load_preset
 from moe.spec.schema import Model
 from moe.sweep.progress import Progress
@@ -352,8 +353,9 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
     latency, overhead = pingpong_latency_us(comm), message_overhead_us(comm)
     a2a = [{"bytes": b, "GBps": alltoall_busbw_GBps(comm, b, repeats)} for b in sizes if b >= comm.size]
     bar and bar.advance()
+    probe0 = host_probe_s()
     ops = op_table_points(comm, quick, bar)
-    tables = comm.gather((table, hbm, launch), 0)
+    tables = comm.gather((table, hbm, launch, (probe0 + host_probe_s()) / 2), 0)
     if comm.rank != 0:
         return None
     merged = [{**row, "TFLOPS": statistics.median(t[0][i]["TFLOPS"] for t in tables)} for i, row in enumerate(table)]
@@ -372,6 +374,7 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
         "fabric_oversubscription": 1.0, "gpus_per_leaf": base["gpus_per_leaf"],
         "launch_overhead_us": statistics.median(t[2] for t in tables), "message_overhead_us": overhead,
         "alltoall_curve": a2a, "p2p_curve": p2p, "op_table": ops,
+        "host_probe_s": statistics.median(t[3] for t in tables),
     }
 
 

@@ -23,6 +23,7 @@ from emu.runtime import RankRuntime
 from emu.timing import PhaseClock
 from emu.transport import Transport
 from moe.errors import SpecError
+from moe.hostprobe import host_probe_s
 from moe.model.model import from_scenario, hidden_states
 from moe.result import Span
 from moe.spec.schema import Scenario
@@ -44,6 +45,9 @@ class RankRecord:
     peak_memory_bytes: int = 0
     mpi_s: float = 0.0
     """Seconds inside transport calls (posting, testing) over the recorded steps, waits excluded."""
+    host_probe_s: float = 0.0
+    """moe.hostprobe's reference time on this rank: the mean of one probe before the recorded steps and
+    one after."""
     pair_rows_PJR: np.ndarray | None = None
     """This rank's row of the measured token matrix, per routing pattern and MoE layer."""
     requests_PJ: np.ndarray | None = None
@@ -131,6 +135,7 @@ class Job:
         rec = RankRecord(rank=tr.rank, host=socket.gethostname(), device=str(self.device))
         rec.pair_rows_PJR = np.zeros((patterns, s.model.moe_layers, tr.size), dtype=np.int64)
         rec.requests_PJ = np.zeros((patterns, s.model.moe_layers), dtype=np.int64)
+        probe0 = host_probe_s()
         mpi0, msgs0 = getattr(tr, "busy_s", 0.0), getattr(tr, "messages_posted", 0)
         for i in range(s.emu.repeats * patterns):
             _, stats = self.step(i % patterns, record=True, index=i)
@@ -144,4 +149,5 @@ class Job:
         rec.mpi_s = getattr(tr, "busy_s", 0.0) - mpi0
         rec.messages = getattr(tr, "messages_posted", 0) - msgs0
         rec.spans = list(self.clock.spans)
+        rec.host_probe_s = (probe0 + host_probe_s()) / 2
         return rec

@@ -113,6 +113,8 @@ def build_output(scenario: Scenario, plan: RunPlan, records: list, transport_nam
         "mpi_s_per_rank": [float(r.mpi_s) for r in records],
         "bookkeeping_fraction_per_rank": [bookkeeping_fraction(r) for r in records],
         "messages_per_step": [r.messages / max(1, len(r.step_s)) for r in records],
+        "host_probe_s": float(np.median([r.host_probe_s for r in records])),
+        "host_probe_s_per_rank": [float(r.host_probe_s) for r in records],
         "traffic_matches_model": bool(np.array_equal(pairs, plan.pair_tokens_PJGG)),
         "measured_pair_tokens_total": int(pairs.sum()),
     }

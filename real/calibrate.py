@@ -281,6 +281,8 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     import torch
     import torch.distributed as dist
 
+    from moe.hostprobe import host_probe_s
+
     rows, sizes, reps = (ROWS_QUICK, BYTES_QUICK, 5) if quick else (ROWS_FULL, BYTES_FULL, 20)
     chosen = load_scenarios(scenarios)
     models = scenario_models(chosen) if chosen else preset_models()
@@ -291,11 +293,14 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     tables = [None] * dist.get_world_size()
     dist.all_gather_object(tables, gemms)
     bar and bar.advance()
+    probe0 = host_probe_s()  # the host's speed over the op-table stages (moe.hostprobe)
     ops = measure_ops(models, grid, reps)
     op_runs = [None] * dist.get_world_size()
     dist.all_gather_object(op_runs, ops)
     bar and bar.advance()
     exchange = measure_exchange_ops(models, grid.tokens, reps)
+    probes = [None] * dist.get_world_size()
+    dist.all_gather_object(probes, (probe0 + host_probe_s()) / 2)
     bar and bar.advance()
     multi = dist.get_world_size() > 1
     a2a = measure_alltoall(sizes, reps, cuda_time_s) if multi else []
@@ -333,4 +338,5 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
         "op_table": [{**p, **{k: statistics.median(r[i][k] for r in op_runs) for k in ("s", "host_s") if k in p}}
                      for i, p in enumerate(op_runs[0])] + exchange,
         "host_factors": host_factors(op_runs),
+        "host_probe_s": statistics.median(probes),
     }

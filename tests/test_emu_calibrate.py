@@ -33,6 +33,7 @@ def test_quick_calibration_writes_a_profile_the_simulator_reads(tmp_path):
     assert 0 < c.nvlink_latency_us < 1000 and 0 < c.message_overhead_us < 1000
     assert 0 < c.launch_overhead_us < 1000
     assert c.hbm_GBps > 0.1
+    assert 1e-5 < c.host_probe_s < 1.0  # moe.hostprobe's reference while it calibrated
 
 
 def test_profile_loads_as_a_cluster_preset(tmp_path):

@@ -38,6 +38,7 @@ def test_validate_runs_the_simulator_and_two_launched_ranks(tmp_path):
     assert r["tokens_per_s"] == pytest.approx(2 * 32 / r["step_time_s"])
     assert r["extra"]["traffic_matches_model"] is True
     assert r["extra"]["ranks"] == 2 and len(r["extra"]["step_s_per_rank"]) == 2
+    assert r["extra"]["host_probe_s"] > 0 and len(r["extra"]["host_probe_s_per_rank"]) == 2
     assert r["spec"]["name"] == "emu-cli"  # the parent's scenario, not the launched child's copy
     b = r["breakdown"]
     assert b["expert_s"] > 0 and b["attention_s"] > 0 and b["exposed_comm_s"] <= b["dispatch_s"] + b["combine_s"]

@@ -23,6 +23,25 @@ def test_result_json_round_trip(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "result.json"]  # no temporary file left behind
 
 
+def test_comparison_sets_the_calibration_host_probe_beside_the_run_s():
+    from moe.result.summary import compare, format_comparison
+
+    predicted = make_result(spec={"name": "x", "cluster": {"host_probe_s": 0.0026}})
+    measured = make_result(backend="emu", extra={"host_probe_s": 0.002})
+    probe = [r for r in compare(predicted, measured) if r["quantity"] == "host_probe_s"]
+    assert probe == [{"quantity": "host_probe_s", "predicted": 0.0026, "measured": 0.002,
+                      "rel_error": pytest.approx(0.3)}]  # calibrated on a host 1.3x slower than the run's
+    assert "host_probe_s" in format_comparison(predicted, measured)
+    assert all(r["quantity"] != "host_probe_s" for r in compare(make_result(), measured))  # no profile probe
+
+
+def test_host_probe_times_its_reference_workload():
+    from moe.hostprobe import host_probe_s, reference
+
+    assert reference() == reference()  # deterministic work
+    assert 1e-5 < host_probe_s() < 1.0
+
+
 def test_result_rejects_unknown_fields():
     with pytest.raises(ValueError):
         Result.model_validate({**make_result().to_dict(), "surprise": 1})

@@ -54,10 +54,16 @@ def relative_error(predicted: float, measured: float) -> float:
 
 
 def compare(predicted: Result, measured: Result) -> list[dict]:
-    """Rows of (quantity, predicted, measured, relative error) for step time, MoE layer and phases."""
+    """Rows of (quantity, predicted, measured, relative error) for step time, MoE layer and phases; and,
+    where the profile and the run both timed `moe.hostprobe`'s reference workload, `host_probe_s`: the
+    profile's (the host while it was calibrated) against the run's, whose error is how much slower (+) or
+    faster (-) the host was calibrated than it ran."""
     rows = [("step_time_s", predicted.step_time_s, measured.step_time_s),
             ("moe_layer_s", predicted.moe_layer_s, measured.moe_layer_s)]
     rows += [(p, getattr(predicted.breakdown, p), getattr(measured.breakdown, p)) for p in PHASES]
+    calibrated, ran = predicted.spec.get("cluster", {}).get("host_probe_s"), measured.extra.get("host_probe_s")
+    if calibrated and ran:
+        rows.append(("host_probe_s", calibrated, ran))
     return [{"quantity": q, "predicted": a, "measured": b, "rel_error": relative_error(a, b)} for q, a, b in rows]
 
 

@@ -156,6 +156,9 @@ class Cluster(Section):
     """Per calibrated rank, its host's issue costs relative to the median rank's (GPU calibration). The
     simulator's host model gives GPU g the factor of rank g mod len: ranks of one job run at different
     host speeds, and every exchange waits for the slowest."""
+    host_probe_s: PosFloat | None = None
+    """Seconds of `moe.hostprobe`'s reference workload on the calibrated hosts while they were calibrated
+    (median over ranks): set beside a run's own probe, it tells how fast the host was then."""
 
     @property
     def gpus(self) -> int:

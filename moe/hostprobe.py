@@ -1,0 +1,47 @@
+"""The host's speed at a runtime's kind of work, as one number: to tell a machine's drift from a model's
+error.
+
+`host_probe_s` times a fixed reference workload made of what a host-bound step is made of (Python
+bookkeeping, NumPy on small arrays, small torch calls on CPU tensors; no device work, so the number means the
+same on any backend): the median of REPEATS runs after one warm-up. Calibration records it in the profile
+(`cluster.host_probe_s`), every emu and real run in its Result (`extra.host_probe_s`, the median over ranks,
+each rank's the mean of a probe before and after its recorded steps), and `moetb validate` sets the two
+side by side (`moe.result.summary.compare`): a profile whose probe took 1.3x the run's was calibrated on a
+host 1.3x slower than the one that ran, and host-bound ops are predicted that much too slow.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+REPEATS = 7
+ITERATIONS = 200
+"""About 2 ms a run on the 2-core CI box."""
+
+
+def reference() -> float:
+    """The reference workload (deterministic; its value only keeps the work from being optimized away)."""
+    x = torch.zeros(64, 16)
+    rows = torch.arange(0, 64, 2)
+    a = np.arange(256)
+    acc = 0.0
+    for i in range(ITERATIONS):
+        acc += x.index_select(0, rows).shape[0]  # one torch call's dispatch
+        acc += int(np.bincount(a % 7).max())  # small NumPy
+        acc += len({j: i * j for j in range(8)})  # Python bookkeeping
+    return acc
+
+
+def host_probe_s() -> float:
+    """Seconds of one reference run on this host now (median of REPEATS after a warm-up)."""
+    reference()
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        reference()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
