@@ -3,24 +3,28 @@ error.
 
 `host_probe_s` times a fixed reference workload made of what a host-bound step is made of (Python
 bookkeeping, NumPy on small arrays, small torch calls on CPU tensors; no device work, so the number means the
-same on any backend): the median of REPEATS runs after one warm-up. Calibration records it in the profile
-(`cluster.host_probe_s`), every emu and real run in its Result (`extra.host_probe_s`, the median over ranks,
-each rank's the mean of a probe before and after its recorded steps), and `moetb validate` sets the two
-side by side (`moe.result.summary.compare`): a profile whose probe took 1.3x the run's was calibrated on a
-host 1.3x slower than the one that ran, and host-bound ops are predicted that much too slow.
+same on any backend): runs back to back over a window of WINDOW_S, the mean per run. The window is long
+beside a scheduler's time slice, so the figure includes the share of a core the process got: a host whose
+cores are shared with other work probes slower, as its ops time slower (the median of short runs, tried
+first, missed exactly that: a calibration next to a busy process, ops 1.5-2x slower, probed within 5%).
+Calibration records it in the profile (`cluster.host_probe_s`), every emu and real run in its Result
+(`extra.host_probe_s`, the median over ranks, each rank's the mean of a probe before and after its recorded
+steps), and `moetb validate` sets the two side by side (`moe.result.summary.compare`): a profile whose probe
+took 1.3x the run's was calibrated on a host 1.3x slower than the one that ran, and host-bound ops are
+predicted that much too slow.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
 import torch
 
-REPEATS = 7
+WINDOW_S = 0.1
+"""Seconds of back-to-back runs per probe (a scheduler's time slice is a few ms)."""
 ITERATIONS = 200
-"""About 2 ms a run on the 2-core CI box."""
+"""About 1.3 ms a run on the 2-core CI box."""
 
 
 def reference() -> float:
@@ -36,12 +40,14 @@ def reference() -> float:
     return acc
 
 
-def host_probe_s() -> float:
-    """Seconds of one reference run on this host now (median of REPEATS after a warm-up)."""
+def host_probe_s(window_s: float = WINDOW_S) -> float:
+    """Seconds of one reference run on this host now: the mean over runs back to back for `window_s`, after
+    a warm-up run."""
     reference()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
+    runs, start = 0, time.perf_counter()
+    while True:
         reference()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= window_s:
+            return elapsed / runs
