@@ -6,7 +6,8 @@ bookkeeping, NumPy on small arrays, small torch calls on CPU tensors; no device 
 same on any backend): runs back to back over a window of WINDOW_S, the mean per run. The window is long
 beside a scheduler's time slice, so the figure includes the share of a core the process got: a host whose
 cores are shared with other work probes slower, as its ops time slower (the median of short runs, tried
-first, missed exactly that: a calibration next to a busy process, ops 1.5-2x slower, probed within 5%).
+first, missed exactly that: a calibration next to a busy process, ops 1.5-2x slower, probed within 5% in
+18 of 20 cases).
 Calibration records it in the profile (`cluster.host_probe_s`), every emu and real run in its Result
 (`extra.host_probe_s`, the median over ranks, each rank's the mean of a probe before and after its recorded
 steps), and `moetb validate` sets the two side by side (`moe.result.summary.compare`): a profile whose probe
