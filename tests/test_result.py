@@ -31,7 +31,9 @@ def test_comparison_sets_the_calibration_host_probe_beside_the_run_s():
     probe = [r for r in compare(predicted, measured) if r["quantity"] == "host_probe_s"]
     assert probe == [{"quantity": "host_probe_s", "predicted": 0.0026, "measured": 0.002,
                       "rel_error": pytest.approx(0.3)}]  # calibrated on a host 1.3x slower than the run's
-    assert "host_probe_s" in format_comparison(predicted, measured)
+    text = format_comparison(predicted, measured)
+    assert "host_probe_s" in text and "the host was slower by 30% while the profile was calibrated" in text
+    assert "the host was" not in format_comparison(predicted, make_result(extra={"host_probe_s": 0.0025}))
     assert all(r["quantity"] != "host_probe_s" for r in compare(make_result(), measured))  # no profile probe
 
 

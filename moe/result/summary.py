@@ -5,6 +5,8 @@ from __future__ import annotations
 from moe.result.record import Result
 
 PHASES = ("attention_s", "gate_s", "dispatch_s", "expert_s", "combine_s", "exposed_comm_s")
+DRIFT = 0.1
+"""A host-probe difference (moe.hostprobe) beyond which `format_comparison` says so."""
 
 
 def _ms(seconds: float) -> str:
@@ -74,4 +76,8 @@ def format_comparison(predicted: Result, measured: Result) -> str:
         err = row["rel_error"]
         lines.append(f"{row['quantity']:<16}{_ms(row['predicted']):>20}{_ms(row['measured']):>20}"
                      f"{err * 100:>9.1f}%")
+        if row["quantity"] == "host_probe_s" and abs(err) > DRIFT:
+            side = ("slower", "over") if err > 0 else ("faster", "under")
+            lines.append(f"  the host was {side[0]} by {abs(err):.0%} while the profile was calibrated than in "
+                         f"this run: host-bound times are {side[1]}-predicted by about as much")
     return "\n".join(lines)
