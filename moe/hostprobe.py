@@ -25,7 +25,7 @@ import torch
 WINDOW_S = 0.1
 """Seconds of back-to-back runs per probe (a scheduler's time slice is a few ms)."""
 ITERATIONS = 200
-"""About 1.3 ms a run on the 2-core CI box."""
+"""About 1.4 ms a run on the 2-core CI box when it is quiet."""
 
 
 def reference() -> float:
