@@ -185,23 +185,24 @@ def post_dispatch(tr: Transport, ex: Exchange, rows_NB: torch.Tensor) -> list[Pe
     # them; on the transport's device already, they are handed over as they are
     rows_NB = tr.to_wire(rows_NB)
     rows_R = plan.counts_R
+    t = tag(key, KIND_PAYLOAD)
     if tr.grouped:
         ex.counts_RX = tr.exchange_counts(plan.counts_RX, tag(key, KIND_COUNTS))
-        posted = ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]],
-                                           [tag(key, KIND_PAYLOAD)], ("sent", key))
+        posted = ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [t], ("sent", key))
     else:
         # hand-off to the transport: each destination's rows are a contiguous byte range of rows_NB,
         # untouched until its send is done; every peer gets a message (an empty one says "no rows").
-        # The data moves first, the bookkeeping after.
-        ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [tag(key, KIND_PAYLOAD)],
-                                  ("sent", key), empty=True)
+        # The data moves first, the bookkeeping after; all of it is on the exchange's critical path
+        # (benchmarks/emu_exchange.py), so it is kept to plain ints where NumPy calls cost more.
+        ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [t], ("sent", key), empty=True)
         peers = tr.peers()
-        posted = ex.sends + tr.irecv_probed(peers, tag(key, KIND_PAYLOAD), ("shard", key))
+        posted = ex.sends + tr.irecv_probed(peers, t, ("shard", key))
         ex.shards_missing.update(peers)
         ex.receives_posted = True
-        if rows_R[me]:  # local rows: no message, same wire format
-            ex.shard_bufs[me] = rows_NB[plan.rows_to(me)]
-    ex.results_missing.update(np.flatnonzero(rows_R).tolist())
+        a, b = plan.offsets_R1[me:me + 2].tolist()
+        if a < b:  # local rows: no message, same wire format
+            ex.shard_bufs[me] = rows_NB[a:b]
+    ex.results_missing.update(r for r, n in enumerate(rows_R.tolist()) if n)
     return posted
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any, NoReturn
 
 import numpy as np
@@ -26,17 +27,6 @@ BCAST_TAG = 32001
 """Tags of the pickled collectives; shard tags stay below them (`emu.dispatch.tag`)."""
 
 
-def _mpi_buffer(buf_B):
-    """A NumPy view of a host uint8 tensor (numpy() refuses device tensors), or a NumPy byte array as is."""
-    if isinstance(buf_B, np.ndarray):
-        if buf_B.dtype != np.uint8 or not buf_B.flags.c_contiguous:
-            raise ValueError(f"MPI buffers must be contiguous uint8 arrays, got {buf_B.dtype}")
-        return buf_B
-    if buf_B.dtype != torch.uint8 or not buf_B.is_contiguous():
-        raise ValueError(f"MPI buffers must be contiguous uint8 host tensors, got {buf_B.dtype}")
-    return buf_B.numpy()
-
-
 class MPITransport(Transport):
     name = "mpi"
 
@@ -49,6 +39,7 @@ class MPITransport(Transport):
         self._probing: dict[int, dict[int, Pending]] = {}
         """Probed receives not matched yet: tag -> source -> Pending."""
         self._status = MPI.Status()
+        self._peers = super().peers()
 
     # ---------------------------------------------------------------------------- point to point
     # Kept lean: these run on every exchange's critical path, where each microsecond of Python stands
@@ -59,11 +50,10 @@ class MPITransport(Transport):
 
     def isend_split(self, bufs_B, splits_PR, tags, meta=(), empty=False) -> list[Pending]:
         start, comm, posted = MPI.Wtime(), self.comm, []
-        peers = self.peers()
         for buf, split, t in zip(bufs_B, splits_PR, tags, strict=True):
-            view = _mpi_buffer(buf)  # a NumPy view: slicing it costs a fraction of slicing the tensor
-            ends = np.cumsum(split).tolist()
-            for dst in peers:
+            view = self.host_array(buf)  # slicing a NumPy view costs a fraction of slicing the tensor
+            ends = list(accumulate(split.tolist()))  # a third of np.cumsum(...).tolist() on a few ranks
+            for dst in self._peers:
                 a, b = ends[dst - 1] if dst else 0, ends[dst]
                 if a < b or empty:
                     # hand-off to MPI: a byte range of a complete host buffer (Transport.to_wire),
@@ -73,6 +63,9 @@ class MPITransport(Transport):
         self._account(start)
         return posted
 
+    def peers(self) -> list[int]:
+        return list(self._peers)  # computed once: it is on every exchange's critical path
+
     def irecv_split(self, nbytes_PR, tags, meta=()) -> tuple[list[dict[int, torch.Tensor]], list[Pending]]:
         start, comm, posted = MPI.Wtime(), self.comm, []
         out: list[dict[int, torch.Tensor]] = [{} for _ in nbytes_PR]
@@ -81,7 +74,7 @@ class MPITransport(Transport):
                 if n and src != self.rank:
                     buf = out[i][src] = self.take_buffer(n)
                     # hand-off to MPI: the buffer belongs to it until this receive completes
-                    posted.append(Pending(comm.Irecv(buf.numpy(), src, t), buf, src, t, (*meta, src)))
+                    posted.append(Pending(comm.Irecv(self.host_array(buf), src, t), buf, src, t, (*meta, src)))
         self._account(start)
         return out, posted
 
@@ -115,7 +108,7 @@ class MPITransport(Transport):
                 n = status.Get_count(MPI.BYTE)
                 # hand-off to MPI: the buffer belongs to it until this receive completes
                 p.buf = self.take_buffer(n) if n else EMPTY
-                p.handle = msg.Irecv(p.buf.numpy())
+                p.handle = msg.Irecv(self.host_array(p.buf))
             if not waiting:
                 del self._probing[tag]
 

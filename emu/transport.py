@@ -216,7 +216,9 @@ class Transport(ABC):
         if free:
             base = free.pop()
         elif self.device.type == "cpu":  # numpy asks the kernel for huge pages (madvise) on large arrays
-            base = torch.from_numpy(np.empty(cap, dtype=np.uint8))
+            arr = np.empty(cap, dtype=np.uint8)
+            base = torch.from_numpy(arr)
+            pool["arrays"][base.data_ptr()] = arr
         else:
             base = torch.empty(cap, dtype=torch.uint8, device=self.device)
         pool["taken"][base.data_ptr()] = base
@@ -225,8 +227,22 @@ class Transport(ABC):
     def _buffer_pool(self) -> dict:
         pool = getattr(self, "_pool", None)
         if pool is None:
-            pool = self._pool = {"free": {}, "taken": {}}
+            # free: capacity -> buffers; taken: address -> buffer; arrays: a host buffer's own NumPy array
+            pool = self._pool = {"free": {}, "taken": {}, "arrays": {}}
         return pool
+
+    def host_array(self, buf: torch.Tensor | np.ndarray) -> np.ndarray:
+        """A contiguous host uint8 buffer as a flat NumPy array of the same memory (no copy). A buffer from
+        `take_buffer` (or a leading part of one) is sliced from the pool's own array, a fraction of the cost
+        of `Tensor.numpy()`: this runs before every message a rank sends or receives."""
+        if isinstance(buf, np.ndarray):
+            if buf.dtype != np.uint8 or not buf.flags.c_contiguous:
+                raise ValueError(f"host buffers must be contiguous uint8 arrays, got {buf.dtype}")
+            return buf.reshape(-1)
+        if buf.dtype != torch.uint8 or not buf.is_contiguous():
+            raise ValueError(f"host buffers must be contiguous uint8 tensors, got {buf.dtype}")
+        arr = self._buffer_pool()["arrays"].get(buf.data_ptr())
+        return buf.numpy().reshape(-1) if arr is None else arr[:buf.numel()]
 
     def give_buffer(self, buf: torch.Tensor) -> None:
         """Return a buffer from `take_buffer` (or any view of it that starts at its first byte, a NumPy

@@ -122,6 +122,28 @@ def test_buffer_pool_reuses_released_buffers():
     assert tr.take_buffer(7000).data_ptr() != a.data_ptr()  # b is still taken
 
 
+def test_host_array_is_the_same_memory():
+    """host_array: a pooled buffer's leading part sliced from the pool's NumPy array, anything else through
+    Tensor.numpy(); non-contiguous or non-byte buffers are refused."""
+    from mpi4py import MPI
+
+    from emu.mpi_transport import MPITransport
+
+    tr = MPITransport(MPI.COMM_SELF)
+    pooled = tr.take_buffer(5000)
+    rows = pooled.view(50, 100)  # a 2-D view: the array is still flat, all of its bytes
+    for buf in (pooled, rows, torch.zeros(30, 10, dtype=torch.uint8)):
+        arr = tr.host_array(buf)
+        assert arr.shape == (buf.numel(),)  # flat, so that a byte range is a slice
+        arr[:3] = (7, 8, 9)
+        assert buf.reshape(-1)[:3].tolist() == [7, 8, 9]
+    assert tr.host_array(pooled).size == 5000 and tr.host_array(pooled[:10]).size == 10
+    with pytest.raises(ValueError, match="contiguous uint8"):
+        tr.host_array(rows[:, :10])  # starts at the pooled address, but is not contiguous
+    with pytest.raises(ValueError, match="contiguous uint8"):
+        tr.host_array(pooled.view(torch.int32))
+
+
 def test_launcher_detects_mpiexec_environments(monkeypatch):
     for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_UNIVERSE_SIZE"):
         monkeypatch.delenv(var, raising=False)
