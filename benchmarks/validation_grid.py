@@ -136,19 +136,38 @@ def table(rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def repredict(folder: Path, profile: str) -> str:
-    """Step-time errors of the simulator with `profile` against the measurements in `folder`."""
+def run_host_factors(real: dict, calibrated_probe_s: float) -> list[float] | None:
+    """Each rank's host speed in a run relative to the calibration's, from the host probe (moe.hostprobe):
+    the run's per-rank probe / the profile's (None where either was not recorded)."""
+    probes = real.get("extra", {}).get("host_probe_s_per_rank")
+    if not probes or not calibrated_probe_s:
+        return None
+    return [round(p / calibrated_probe_s, 3) for p in probes]
+
+
+def repredict(folder: Path, profile: str, host_from_run: bool = False) -> str:
+    """Step-time errors of the simulator with `profile` against the measurements in `folder`. With
+    `host_from_run`, each case's ranks get the host speeds its run's host probe measured (`host_factors`
+    = run probe / calibration probe, per rank) instead of the calibration's: a diagnosis of how much of an
+    error is the host's drift between calibration and run, not a prediction (it needs the run)."""
     from moe.spec.loader import build_scenario
     from sim.backend import run as sim_run
 
-    lines, errs = [f"{'case':30s} {'predicted ms':>12s} {'measured ms':>12s} {'error':>7s}"], []
+    calibrated = yaml.safe_load(Path(profile).read_text()).get("host_probe_s")
+    lines, errs = [f"{'case':30s} {'predicted ms':>12s} {'measured ms':>12s} {'error':>7s}"
+                   + ("  host factors from the run" if host_from_run else "")], []
     for case in sorted(p for p in folder.glob("g*") if (p / "real" / "result.json").exists()):
         spec = yaml.safe_load((case / "spec.yaml").read_text())
         spec["cluster"]["preset"] = profile
+        real = json.loads((case / "real" / "result.json").read_text())
+        factors = run_host_factors(real, calibrated) if host_from_run else None
+        if factors:
+            spec["cluster"]["host_factors"] = factors
         predicted = sim_run(build_scenario(spec)).result.step_time_s
-        measured = json.loads((case / "real" / "result.json").read_text())["step_time_s"]
+        measured = real["step_time_s"]
         errs.append(predicted / measured - 1)
-        lines.append(f"{case.name:30s} {predicted * 1e3:12.2f} {measured * 1e3:12.2f} {errs[-1]:+7.1%}")
+        lines.append(f"{case.name:30s} {predicted * 1e3:12.2f} {measured * 1e3:12.2f} {errs[-1]:+7.1%}"
+                     + (f"  {factors}" if factors else ""))
     a = [abs(e) for e in errs]
     lines.append(f"{len(a)} cases: median |error| {statistics.median(a):.1%}, max {max(a):.1%}, "
                  f"within 10%: {sum(e <= 0.1 for e in a)}")
@@ -166,9 +185,12 @@ def main() -> int:
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--repredict", type=Path, metavar="FOLDER",
                         help="re-predict FOLDER's measured cases with --profile (simulator only) and print the errors")
+    parser.add_argument("--host-from-run", action="store_true",
+                        help="with --repredict: each rank's host speed from the run's host probe against the "
+                             "profile's (a diagnosis of host drift, not a prediction)")
     args = parser.parse_args()
     if args.repredict:
-        print(repredict(args.repredict, str(Path(args.profile).resolve())))
+        print(repredict(args.repredict, str(Path(args.profile).resolve()), args.host_from_run))
         return 0
     counts = [int(g) for g in args.gpus.split(",")]
     if args.list:
