@@ -2,6 +2,7 @@
 
     python benchmarks/validation_grid.py --profile PROFILE.yaml --out experiments/validation/h100 [--gpus 4,2,1]
     python benchmarks/validation_grid.py --calibrate --profile PROFILE.yaml ...  # calibrate for the grid first
+    python benchmarks/validation_grid.py --calibrate --per-gpus --profile P.yaml ...  # P-g4.yaml, P-g2.yaml, ...
 
 For every case: `moetb validate SPEC --backends sim,real --ranks G --out OUT/<case>` (the simulator predicts
 with the calibrated profile, the real backend measures, both Results and validate.json are written), then
@@ -87,9 +88,11 @@ def write_spec(gpus: int, case: tuple, profile: str, out: Path) -> Path:
     return path
 
 
-def calibrate(profile: Path, specs: list[Path]) -> None:
-    """`moetb calibrate --backend real` on every GPU, its op table measured for the grid's models."""
+def calibrate(profile: Path, specs: list[Path], ranks: int | None = None) -> None:
+    """`moetb calibrate --backend real` on every GPU (or on `ranks` of them), its op table measured for the
+    grid's models."""
     cmd = [sys.executable, "-m", "moe", "calibrate", "--backend", "real", "--out", str(profile)]
+    cmd += ["--ranks", str(ranks)] if ranks else []
     cmd += [a for p in specs for a in ("--scenario", str(p))]
     print(f"calibrating -> {profile}", file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=1800)
@@ -182,6 +185,9 @@ def main() -> int:
                         help="calibrate this node into --profile first, the op table measured for the grid's models")
     parser.add_argument("--out", default="results/validation")
     parser.add_argument("--gpus", default="4,2,1", help="comma-separated GPU counts to run")
+    parser.add_argument("--per-gpus", action="store_true",
+                        help="with --calibrate: each GPU count's cases calibrated on that many GPUs, into "
+                             "PROFILE-g<G>.yaml (a host's speed depends on how many of its ranks run)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--repredict", type=Path, metavar="FOLDER",
                         help="re-predict FOLDER's measured cases with --profile (simulator only) and print the errors")
@@ -198,18 +204,22 @@ def main() -> int:
             for case in CASES[g]:
                 print(f"g{g}-{case[0]}")
         return 0
-    profile = str(Path(args.profile).resolve())
+    base = Path(args.profile).resolve()
+    profiles = {g: str(base.with_name(f"{base.stem}-g{g}{base.suffix}") if args.per_gpus else base) for g in counts}
     out = Path(args.out)
-    specs = [write_spec(g, case, profile, out) for g in counts for case in CASES[g]]
-    if args.calibrate:
-        calibrate(Path(profile), specs)
+    specs = {g: [write_spec(g, case, profiles[g], out) for case in CASES[g]] for g in counts}
+    if args.calibrate and args.per_gpus:
+        for g in counts:
+            calibrate(Path(profiles[g]), specs[g], g)
+    elif args.calibrate:
+        calibrate(base, [p for g in counts for p in specs[g]])
     import torch
 
     machine = f"{torch.cuda.get_device_name()} (torch {torch.__version__})" if torch.cuda.is_available() else "CPU"
     rows = []
     for g in counts:
         for case in CASES[g]:
-            rows.append(run_case(g, case, profile, out))
+            rows.append(run_case(g, case, profiles[g], out))
             write_text_atomic(out / "README.md", table(rows, machine))  # a cut job keeps the cases it ran
     print(table(rows, machine))
     return 0 if all("error" not in r for r in rows) else 1
