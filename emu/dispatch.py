@@ -47,6 +47,7 @@ import torch
 
 from emu.transport import Pending, Transport, host_to
 from moe.model.fp8 import pack, unpack, wire_bytes_per_token
+from moe.spec.sizes import dispatch_row_bytes
 
 KIND_COUNTS, KIND_PAYLOAD, KIND_RESULT = 0, 1, 3
 MAX_KEY = 7999
@@ -64,8 +65,9 @@ def key_of_tag(t: int) -> int:
 
 
 def row_bytes(hidden: int, dispatch_dtype: str, top_k: int) -> int:
-    """B: bytes of one dispatch row, meta columns (2K int32) then the activations' wire bytes."""
-    return 8 * top_k + wire_bytes_per_token(hidden, dispatch_dtype)
+    """B: bytes of one dispatch row, meta columns (2K int32) then the activations' wire bytes (the
+    simulator's figure, `moe.spec.sizes.dispatch_row_bytes`)."""
+    return dispatch_row_bytes(hidden, dispatch_dtype, top_k)
 
 
 @dataclass(frozen=True, eq=False)

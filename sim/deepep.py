@@ -49,6 +49,8 @@ def bottleneck_GBps(scenario: Scenario, result) -> tuple[float, float]:
     phases = extra["phases"][0]
     internode = scenario.cluster.nodes > 1
     tokens = extra["node_tokens_rank0"][0] if internode else extra["received_tokens_rank0"][0]
-    dispatch = tokens * sizes.dispatch_bytes_per_token(scenario) / phases["dispatch"]["rank0_s"]
+    # DeepEP counts the activations (payload and scales), not the routing meta that travels with them
+    act = sizes.activation_bytes_per_token(scenario.model.hidden, scenario.schedule.dispatch_dtype)
+    dispatch = tokens * act / phases["dispatch"]["rank0_s"]
     combine = tokens * sizes.combine_bytes_per_token(scenario) / phases["combine"]["rank0_s"]
     return dispatch / 1e9, combine / 1e9

@@ -48,7 +48,8 @@ def test_attention_params_by_hand():
 
 def test_wire_bytes_per_token():
     s = paper()
-    assert sizes.dispatch_bytes_per_token(s) == 7168 + 56 * 4  # FP8 payload + one float32 per 128 channels
+    # routing meta (slot and weight of each of the 8 choices), FP8 payload, one float32 scale per 128 channels
+    assert sizes.dispatch_bytes_per_token(s) == 8 * 8 + 7168 + 56 * 4
     assert sizes.combine_bytes_per_token(s) == 7168 * 2  # BF16
 
 

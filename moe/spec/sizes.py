@@ -123,8 +123,22 @@ def activation_bytes_per_token(hidden: int, dtype: str) -> int:
     return nbytes
 
 
+ROUTING_META_BYTES_PER_CHOICE = 8
+"""A dispatch row carries its token's K routing choices in front of the activations: the expert slot
+(int32) and the routing weight (float32) of each, which the receiver needs to run and weight its experts
+(emu.dispatch: one message or collective moves a shard, meta included)."""
+
+
+def dispatch_row_bytes(hidden: int, dtype: str, top_k: int) -> int:
+    """Bytes of one dispatch row on the wire: routing meta, then the activations."""
+    return ROUTING_META_BYTES_PER_CHOICE * top_k + activation_bytes_per_token(hidden, dtype)
+
+
 def dispatch_bytes_per_token(scenario: Scenario) -> int:
-    return activation_bytes_per_token(scenario.model.hidden, scenario.schedule.dispatch_dtype)
+    """What one (token, destination) pair moves in a dispatch: a whole row, meta included (DeepEP's
+    bandwidth metric counts the activations only: `sim.deepep`)."""
+    m = scenario.model
+    return dispatch_row_bytes(m.hidden, scenario.schedule.dispatch_dtype, m.top_k)
 
 
 def combine_bytes_per_token(scenario: Scenario) -> int:
