@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch
 from emu.coldcache import flusher, median_time_s
 from emu.job import ranks_on_host, set_threads
 from emu.report import cpu_name, host_memory_GB
-from moe.hostprobe import host_probe_s
+from moe.hostprobe import drift_warning, host_probe_s
 from moe.spec.loader import load_preset
 from moe.spec.schema import Model
 from moe.sweep.progress import Progress
@@ -355,9 +356,12 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
     bar and bar.advance()
     probe0 = host_probe_s()
     ops = op_table_points(comm, quick, bar)
-    tables = comm.gather((table, hbm, launch, (probe0 + host_probe_s()) / 2), 0)
+    tables = comm.gather((table, hbm, launch, (probe0, host_probe_s())), 0)
     if comm.rank != 0:
         return None
+    warning = drift_warning([t[3][0] for t in tables], [t[3][1] for t in tables], "op table's passes")
+    if warning:
+        print(f"calibrate: {warning}", file=sys.stderr, flush=True)
     merged = [{**row, "TFLOPS": statistics.median(t[0][i]["TFLOPS"] for t in tables)} for i, row in enumerate(table)]
     base = load_preset("cluster", "cpu-host")
     return {
@@ -374,7 +378,7 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
         "fabric_oversubscription": 1.0, "gpus_per_leaf": base["gpus_per_leaf"],
         "launch_overhead_us": statistics.median(t[2] for t in tables), "message_overhead_us": overhead,
         "alltoall_curve": a2a, "p2p_curve": p2p, "op_table": ops,
-        "host_probe_s": statistics.median(t[3] for t in tables),
+        "host_probe_s": statistics.median(sum(t[3]) / 2 for t in tables),
     }
 
 

@@ -52,3 +52,25 @@ def host_probe_s(window_s: float = WINDOW_S) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= window_s:
             return elapsed / runs
+
+
+DRIFT_WARN = 0.25
+"""A calibration whose host probe moved by more than this between its start and end of the op table, on
+any rank, was not measured on a steady host: its op table mixes two speeds (a busy box, a clock that
+changed). Measured on the 2-core CI box: a process spinning beside it makes the probe read 1.8-2.0x."""
+
+
+def drift(before_R, after_R) -> float:
+    """Largest relative change of a rank's probe over a calibration (each rank: after / before - 1)."""
+    return max((abs(a / b - 1) for b, a in zip(before_R, after_R, strict=True) if b > 0), default=0.0)
+
+
+def drift_warning(before_R, after_R, what: str = "calibration") -> str | None:
+    """A one-line warning when the host's speed moved beyond DRIFT_WARN during `what`, else None."""
+    d = drift(before_R, after_R)
+    if d <= DRIFT_WARN:
+        return None
+    return (f"warning: the host probe moved {d:.0%} during the {what} (before {min(before_R) * 1e3:.2f}-"
+            f"{max(before_R) * 1e3:.2f} ms, after {min(after_R) * 1e3:.2f}-{max(after_R) * 1e3:.2f} ms over "
+            f"ranks): the host was not steady (another process on its cores?), so its op table mixes speeds; "
+            f"calibrate again on a quiet host")

@@ -44,6 +44,18 @@ def test_host_probe_times_its_reference_workload():
     assert 1e-5 < host_probe_s() < 1.0
 
 
+def test_host_probe_drift_warns_only_beyond_its_limit():
+    from moe.hostprobe import DRIFT_WARN, drift, drift_warning
+
+    assert drift([2e-3, 1e-3], [2e-3, 1.1e-3]) == pytest.approx(0.1)
+    assert drift([2e-3, 1e-3], [1e-3, 1e-3]) == pytest.approx(0.5)  # faster counts too
+    steady = [1e-3 * (1 + DRIFT_WARN * 0.9)]
+    assert drift_warning([1e-3], steady) is None
+    text = drift_warning([1.4e-3, 1.5e-3], [1.5e-3, 2.8e-3], "op table")
+    assert text.startswith("warning: the host probe moved 87% during the op table (before 1.40-1.50 ms, "
+                           "after 1.50-2.80 ms over ranks)")
+
+
 def test_result_rejects_unknown_fields():
     with pytest.raises(ValueError):
         Result.model_validate({**make_result().to_dict(), "surprise": 1})
