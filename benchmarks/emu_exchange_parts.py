@@ -7,8 +7,9 @@ Per rank, median microseconds over the repeats (after 10 warm-up ones), each fro
 - protocol: the probed protocol's MPI calls alone (Isend; iprobe until the peer's message is seen;
   improbe; Irecv into a buffer of the probed size, which copies the message inside the call; Testall),
   against one prepared Irecv + Isend pair (raw);
-- exchange: `emu.dispatch.post_dispatch` and polling `test_some` until every shard is in and every send done
-  (as `emu_exchange.py` times it), split into post (post_dispatch) and the longest poll (the copy), run back
+- exchange: `emu.dispatch.post_dispatch`, then `test_some` polled in a busy loop until every shard is in
+  and every send done (`emu_exchange.py` also takes each shard in and waits through the transport's bounded
+  waits), split into post (post_dispatch) and the longest poll (the copy), run back
   to back ("none") and right after each of: an OSU window of 64 messages each way ("osu"), a raw pair
   ("raw"), writing the OSU buffers ("touch"): what the exchange costs when other transfers ran just before.
 """

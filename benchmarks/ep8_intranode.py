@@ -85,7 +85,8 @@ def measured_bottleneck_GBps(spec: dict, real: dict) -> tuple[float, float]:
     per_layer = real["repeats"] * layers
     dispatch_s = phase["dispatch_transfer"] / per_layer
     combine_s = phase["combine_transfer"] / per_layer
-    return (received * sizes.dispatch_bytes_per_token(s) / dispatch_s / 1e9,
+    act = sizes.activation_bytes_per_token(s.model.hidden, s.schedule.dispatch_dtype)  # DeepEP's metric: no meta
+    return (received * act / dispatch_s / 1e9,
             received * sizes.combine_bytes_per_token(s) / combine_s / 1e9)
 
 

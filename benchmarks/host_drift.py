@@ -57,6 +57,7 @@ def main() -> int:
             folder = out / f"round{r}"
             vg.write_spec(g, c, str(prof_a), folder)
             runs.setdefault(f"g{g}-{c[0]}", []).append(vg.run_case(g, c, str(prof_a), folder))
+    write_json_atomic(out / "runs.json", runs)  # kept if the second calibration fails
     vg.calibrate(prof_b, specs)
     lines = [f"{'case':28s} {'measured ms per round (host probe ms)':>48s} {'spread':>7s} {'pred A ms':>9s} "
              f"{'pred B ms':>9s} {'B/A':>6s}"]
@@ -74,10 +75,10 @@ def main() -> int:
         lines.append(f"{name:28s} {cells:>48s} {spread:>7.1%} {pred[0] * 1e3:9.2f} {pred[1] * 1e3:9.2f} "
                      f"{pred[1] / pred[0]:6.3f}")
     probe = [yaml.safe_load(p.read_text()).get("host_probe_s") for p in (prof_a, prof_b)]
-    lines.append(f"host probe while calibrating: A {probe[0] * 1e3:.3f} ms, B {probe[1] * 1e3:.3f} ms")
+    lines.append("host probe while calibrating: " + ", ".join(
+        f"{n} {'-' if x is None else f'{x * 1e3:.3f} ms'}" for n, x in zip("AB", probe, strict=True)))
     text = "\n".join(lines)
     write_text_atomic(out / "host_drift.txt", text + "\n")
-    write_json_atomic(out / "runs.json", runs)
     print(text)
     return 0
 

@@ -186,8 +186,8 @@ def main() -> int:
     parser.add_argument("--out", default="results/validation")
     parser.add_argument("--gpus", default="4,2,1", help="comma-separated GPU counts to run")
     parser.add_argument("--per-gpus", action="store_true",
-                        help="with --calibrate: each GPU count's cases calibrated on that many GPUs, into "
-                             "PROFILE-g<G>.yaml (a host's speed depends on how many of its ranks run)")
+                        help="each GPU count's cases predicted with PROFILE-g<G>.yaml (with --calibrate: "
+                             "calibrated on that many GPUs; a host's speed may depend on how many ranks run)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--repredict", type=Path, metavar="FOLDER",
                         help="re-predict FOLDER's measured cases with --profile (simulator only) and print the errors")
@@ -195,6 +195,8 @@ def main() -> int:
                         help="with --repredict: each rank's host speed from the run's host probe against the "
                              "profile's (a diagnosis of host drift, not a prediction)")
     args = parser.parse_args()
+    if args.host_from_run and not args.repredict:
+        parser.error("--host-from-run goes with --repredict FOLDER")
     if args.repredict:
         print(repredict(args.repredict, str(Path(args.profile).resolve()), args.host_from_run))
         return 0

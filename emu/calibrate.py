@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 from emu.coldcache import flusher, median_time_s
 from emu.job import ranks_on_host, set_threads
 from emu.report import cpu_name, host_memory_GB
-from moe.hostprobe import drift_warning, host_probe_s
+from moe.hostprobe import calibration_probe, host_probe_s
 from moe.spec.loader import load_preset
 from moe.spec.schema import Model
 from moe.sweep.progress import Progress
@@ -359,9 +358,6 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
     tables = comm.gather((table, hbm, launch, (probe0, host_probe_s())), 0)
     if comm.rank != 0:
         return None
-    warning = drift_warning([t[3][0] for t in tables], [t[3][1] for t in tables], "op table's passes")
-    if warning:
-        print(f"calibrate: {warning}", file=sys.stderr, flush=True)
     merged = [{**row, "TFLOPS": statistics.median(t[0][i]["TFLOPS"] for t in tables)} for i, row in enumerate(table)]
     base = load_preset("cluster", "cpu-host")
     return {
@@ -378,7 +374,7 @@ def calibrate_ranks(tr, *, quick: bool) -> dict | None:
         "fabric_oversubscription": 1.0, "gpus_per_leaf": base["gpus_per_leaf"],
         "launch_overhead_us": statistics.median(t[2] for t in tables), "message_overhead_us": overhead,
         "alltoall_curve": a2a, "p2p_curve": p2p, "op_table": ops,
-        "host_probe_s": statistics.median(sum(t[3]) / 2 for t in tables),
+        "host_probe_s": calibration_probe([t[3] for t in tables], "op table's passes"),
     }
 
 

@@ -47,7 +47,7 @@ import torch
 
 from emu.transport import Pending, Transport, host_to
 from moe.model.fp8 import pack, unpack, wire_bytes_per_token
-from moe.spec.sizes import dispatch_row_bytes
+from moe.spec.sizes import ROUTING_META_BYTES_PER_CHOICE, dispatch_row_bytes
 
 KIND_COUNTS, KIND_PAYLOAD, KIND_RESULT = 0, 1, 3
 MAX_KEY = 7999
@@ -295,7 +295,7 @@ def compute_shard(block, expert_of_slot: list[int], first_slot: int, rows_MB: to
     # meta's own buffer), so the receive buffer can be reused after
     rows_MB = rows_MB.to(device)
     c = rows_MB.shape[1] - wire_bytes_per_token(hidden, dispatch_dtype)
-    k = c // 8
+    k = c // ROUTING_META_BYTES_PER_CHOICE
     x = unpack(rows_MB[:, c:], hidden, dispatch_dtype)
     # a fresh [M, 2K] buffer: a row stride that is no multiple of 4 (bf16 rows of odd hidden) forbids an
     # int32 view of the rows themselves

@@ -237,10 +237,12 @@ class Transport(ABC):
         of `Tensor.numpy()`: this runs before every message a rank sends or receives."""
         if isinstance(buf, np.ndarray):
             if buf.dtype != np.uint8 or not buf.flags.c_contiguous:
-                raise ValueError(f"host buffers must be contiguous uint8 arrays, got {buf.dtype}")
+                raise ValueError(f"host buffers must be contiguous uint8 arrays, got {buf.dtype}"
+                                 f"{'' if buf.flags.c_contiguous else ' (not contiguous)'}")
             return buf.reshape(-1)
         if buf.dtype != torch.uint8 or not buf.is_contiguous():
-            raise ValueError(f"host buffers must be contiguous uint8 tensors, got {buf.dtype}")
+            raise ValueError(f"host buffers must be contiguous uint8 tensors, got {buf.dtype}"
+                             f"{'' if buf.is_contiguous() else ' (not contiguous)'}")
         arr = self._buffer_pool()["arrays"].get(buf.data_ptr())
         return buf.numpy().reshape(-1) if arr is None else arr[:buf.numel()]
 

@@ -17,6 +17,8 @@ predicted that much too slow.
 
 from __future__ import annotations
 
+import statistics
+import sys
 import time
 
 import numpy as np
@@ -55,14 +57,15 @@ def host_probe_s(window_s: float = WINDOW_S) -> float:
 
 
 DRIFT_WARN = 0.25
-"""A calibration whose host probe moved by more than this between its start and end of the op table, on
-any rank, was not measured on a steady host: its op table mixes two speeds (a busy box, a clock that
+"""A calibration whose host probe moved by more than this between the start and the end of its op table,
+on any rank, was not measured on a steady host: its op table mixes two speeds (a busy box, a clock that
 changed). Measured on the 2-core CI box: a process spinning beside it makes the probe read 1.8-2.0x."""
 
 
 def drift(before_R, after_R) -> float:
-    """Largest relative change of a rank's probe over a calibration (each rank: after / before - 1)."""
-    return max((abs(a / b - 1) for b, a in zip(before_R, after_R, strict=True) if b > 0), default=0.0)
+    """Largest change of a rank's probe over a calibration, either way (2x slower or 2x faster: 100%)."""
+    return max((max(a / b, b / a) - 1 for b, a in zip(before_R, after_R, strict=True) if a > 0 and b > 0),
+               default=0.0)
 
 
 def drift_warning(before_R, after_R, what: str = "calibration") -> str | None:
@@ -74,3 +77,12 @@ def drift_warning(before_R, after_R, what: str = "calibration") -> str | None:
             f"{max(before_R) * 1e3:.2f} ms, after {min(after_R) * 1e3:.2f}-{max(after_R) * 1e3:.2f} ms over "
             f"ranks): the host was not steady (another process on its cores?), so its op table mixes speeds; "
             f"calibrate again on a quiet host")
+
+
+def calibration_probe(pairs_R, what: str) -> float:
+    """A calibration's `host_probe_s` from each rank's (before, after) probes: the median over ranks of each
+    rank's mean; prints `drift_warning` to stderr when the host was not steady."""
+    warning = drift_warning([p[0] for p in pairs_R], [p[1] for p in pairs_R], what)
+    if warning:
+        print(f"calibrate: {warning}", file=sys.stderr, flush=True)
+    return statistics.median((b + a) / 2 for b, a in pairs_R)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime
 import functools
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 
 from moe.spec.loader import load_preset
@@ -282,7 +281,7 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     import torch
     import torch.distributed as dist
 
-    from moe.hostprobe import drift_warning, host_probe_s
+    from moe.hostprobe import calibration_probe, host_probe_s
 
     rows, sizes, reps = (ROWS_QUICK, BYTES_QUICK, 5) if quick else (ROWS_FULL, BYTES_FULL, 20)
     chosen = load_scenarios(scenarios)
@@ -311,9 +310,6 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     bar and bar.advance()
     if dist.get_rank() != 0:
         return None
-    warning = drift_warning([p[0] for p in probes], [p[1] for p in probes], "op table and exchange stages")
-    if warning:
-        print(f"calibrate: {warning}", file=sys.stderr, flush=True)
     table = _median_table(tables)
     ib = load_preset("cluster", "h100-ib")
     name = torch.cuda.get_device_name()
@@ -342,5 +338,5 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
         "op_table": [{**p, **{k: statistics.median(r[i][k] for r in op_runs) for k in ("s", "host_s") if k in p}}
                      for i, p in enumerate(op_runs[0])] + exchange,
         "host_factors": host_factors(op_runs),
-        "host_probe_s": statistics.median(sum(p) / 2 for p in probes),
+        "host_probe_s": calibration_probe(probes, "op table and exchange stages"),
     }

@@ -271,12 +271,14 @@ def combine_sum_s(s: Scenario, tokens: float, rows: float) -> float:
 
 
 def pack_physics_s(s: Scenario, tokens: float) -> float:
-    """The pack's device work: read the rows in BF16, write them in the dispatch dtype (+ FP8 scales)."""
+    """The pack's device work: read the rows in BF16, write them in the dispatch dtype (+ FP8 scales) after
+    their routing meta."""
     if tokens <= 0 or not s.model.moe_layers:
         return 0.0
     send = DTYPE_BYTES[s.schedule.dispatch_dtype]
     scales = SCALE_BYTES_PER_128 if send == 1 else 0.0
-    return float(memory_time_s(s.cluster, tokens * s.model.hidden * (BF16 + send * (1 + scales))))
+    meta = sizes.ROUTING_META_BYTES_PER_CHOICE * s.model.top_k
+    return float(memory_time_s(s.cluster, tokens * (s.model.hidden * (BF16 + send * (1 + scales)) + meta)))
 
 
 def host_model(s: Scenario) -> bool:

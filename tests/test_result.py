@@ -45,10 +45,11 @@ def test_host_probe_times_its_reference_workload():
 
 
 def test_host_probe_drift_warns_only_beyond_its_limit():
-    from moe.hostprobe import DRIFT_WARN, drift, drift_warning
+    from moe.hostprobe import DRIFT_WARN, calibration_probe, drift, drift_warning
 
     assert drift([2e-3, 1e-3], [2e-3, 1.1e-3]) == pytest.approx(0.1)
-    assert drift([2e-3, 1e-3], [1e-3, 1e-3]) == pytest.approx(0.5)  # faster counts too
+    assert drift([2e-3, 1e-3], [1e-3, 1e-3]) == pytest.approx(1.0)  # 2x faster counts as 2x slower does
+    assert calibration_probe([(1e-3, 3e-3), (2e-3, 2e-3), (4e-3, 4e-3)], "x") == pytest.approx(2e-3)
     steady = [1e-3 * (1 + DRIFT_WARN * 0.9)]
     assert drift_warning([1e-3], steady) is None
     text = drift_warning([1.4e-3, 1.5e-3], [1.5e-3, 2.8e-3], "op table")

@@ -15,7 +15,8 @@ specification (OFP8, v1.0, 2023, table "E4M3": S.1111.110 = 448).
 Wire format (what the runtimes ship over MPI/NCCL): one contiguous uint8 row per token, so a shard for one
 destination is a single gather of rows. FP8 rows hold D payload bytes then G float32 scales (little-endian,
 as in memory); BF16 rows hold the 2 D bytes of the bf16 values. Row sizes equal
-`moe.spec.sizes.activation_bytes_per_token`, which the traffic model and the simulator use.
+`moe.spec.sizes.activation_bytes_per_token`; a dispatch row carries its token's routing meta in front of
+them (`pack(head=...)`, `moe.spec.sizes.dispatch_row_bytes`, which the traffic model and the simulator use).
 """
 
 from __future__ import annotations
