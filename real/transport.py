@@ -237,13 +237,15 @@ class RealTransport(Transport):
             stream = self.streams[g.phase]
             stream.wait_stream(torch.cuda.current_stream(self.device))  # the inputs are complete
             with torch.cuda.stream(stream):
-                start = torch.cuda.Event(enable_timing=True)
-                start.record(stream)
+                start = None
+                if self.timing is not None:
+                    start = torch.cuda.Event(enable_timing=True)
+                    start.record(stream)
                 with self._guarded(f"the {g.phase} {self.mode} of exchange {g.key}"):
                     works = self._launch(group, ins, in_splits, outs, out_splits)
                 for w in works:
                     w.wait()  # the phase stream waits for NCCL's stream; the host does not wait
-                g.done = torch.cuda.Event(enable_timing=True)
+                g.done = torch.cuda.Event(enable_timing=start is not None)
                 g.done.record(stream)
             if self.timing is not None:
                 self.timing(f"{g.phase}_transfer", g.key, start, g.done)
@@ -321,18 +323,21 @@ class RealTransport(Transport):
             if stream.cuda_stream in g.waited:
                 continue
             g.waited.add(stream.cuda_stream)
+            if self.timing is None:
+                stream.wait_event(g.done)  # the compute stream waits for the transfer, the host does not
+                continue
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(stream)
-            stream.wait_event(g.done)  # the compute stream waits for the transfer, the host does not
+            stream.wait_event(g.done)
             end.record(stream)
-            if self.timing is not None:
-                self.timing(f"wait_{g.phase}", g.key, start, end)
+            self.timing(f"wait_{g.phase}", g.key, start, end)
 
     def _wait_host(self, g: Group, what: str) -> None:
         poll_until(lambda: True if self._finished(g) else None, self.timeout_s, what, self.rank, self.spin_s)
 
     def join(self) -> None:
-        """End of a step: the current stream (GPU) or the host (CPU) waits for every transfer issued."""
+        """End of a step: the current stream (GPU) or the host (CPU) waits for every transfer issued. On a GPU
+        the groups stay referenced until `test_some` sees them finished (the host does not wait here)."""
         for g in self.in_flight:
             if self.cuda:
                 torch.cuda.current_stream(self.device).wait_event(g.done)
