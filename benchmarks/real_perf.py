@@ -14,8 +14,9 @@ gemm        each rank's expert GEMMs (`fp8_linear` as the expert calls it) again
             the same operands (benchmarks/expert_gemm.py's `bare_operands`), at the rows one expert gets
             per micro-batch in this scenario; target: expert >= 80% of bare (ratio = bare / expert time)
 runs        the whole scenario through the real backend (`real.job.RealJob`, CUDA-event timing, warm-up,
-            median of repeats) for each transport (`p2p`, `all_to_all`) with overlap on and off. From the
-            overlap-off run: compute_only_s = the critical rank's compute spans per MoE layer
+            median of repeats) for each transport (`p2p`, `all_to_all`; `nvshmem` where NVSHMEM is) with
+            overlap on and off. From the overlap-off run: compute_only_s = the critical rank's compute spans
+            per MoE layer
 exchange    one MoE layer's dispatch + combine of every micro-batch through the transport with no compute
             (counts, dispatch rows with their meta columns, results: the protocol's own calls,
             `emu.dispatch`), with the scenario's routing: comm_only_s; against bare `all_to_all_single` of
@@ -74,6 +75,13 @@ QUICK = {"name": "real-perf-quick", "model": {"preset": "tiny"},
          "schedule": {"overlap": True, "micro_batches": 2, "layer_pipeline": True, "comm": "direct"},
          "emu": {"threads": 1}, "real": {"warmup": 1, "repeats": 2, "timeout_s": 60.0}}
 TRANSPORTS = ("p2p", "all_to_all")
+"""Measured everywhere; "nvshmem" too where NVSHMEM is (GPUs: `transports`)."""
+
+
+def transports(b) -> tuple[str, ...]:
+    from real import symm
+
+    return TRANSPORTS + (("nvshmem",) if b.device.type == "cuda" and symm.available() else ())
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -240,9 +248,12 @@ def exchange_once(b: Bench, tr, plans: list[dp.SendPlan], wires: list[torch.Tens
         ex = dp.Exchange(plan.key, plan, m.hidden, sched.dispatch_dtype, sched.combine_dtype)
         dp.post_dispatch(tr, ex, wire)
         dp.post_result_receives(tr, ex)
-        dp.post_receives(tr, ex)
+        if not tr.device_splits:  # device splits: posted when the shards are needed, as the runtime does
+            dp.post_receives(tr, ex)
         exchanges.append(ex)
     for ex in exchanges:
+        if not ex.receives_posted:
+            dp.post_receives(tr, ex)
         sources = sorted(ex.shard_bufs)
         tr.ready(*[ex.shard_bufs[s] for s in sources])
         rows_R = np.zeros(b.size, dtype=np.int64)
@@ -291,8 +302,9 @@ def measure_exchange(b: Bench) -> dict:
         bare_once(b, splits, bufs)
     bare = [max(b.gather(bare_once(b, splits, bufs))) for _ in range(a.repeats)]
     out["bare_s"] = statistics.median(bare)
-    for mode in TRANSPORTS:
+    for mode in transports(b):
         tr = b.transport(mode)
+        tr.prepare(len(plans), max(len(p.token_N) for p in plans), w, v)
         for _ in range(a.warmup):
             exchange_once(b, tr, plans, wires)
         times = [max(b.gather(exchange_once(b, tr, plans, wires))) for _ in range(a.repeats)]
@@ -317,7 +329,7 @@ def worker(args) -> int:
     b = Bench(args)
     gemm = b.gather(measure_gemm(b))
     exchange = measure_exchange(b)
-    runs = [run_variant(b, mode, overlap) for mode in TRANSPORTS for overlap in (True, False)]
+    runs = [run_variant(b, mode, overlap) for mode in transports(b) for overlap in (True, False)]
     if b.rank == 0:
         report = summarize(b, gemm, exchange, runs)
         print(table(report))
@@ -332,7 +344,8 @@ def summarize(b: Bench, gemm: list[dict], exchange: dict, runs: list[dict]) -> d
     by = {(r["transport"], r["overlap"]): r for r in runs}
     targets = {"gemm_ratio_min_over_ranks": min(g["ratio"] for g in gemm)}
     per_transport = {}
-    for mode in TRANSPORTS:
+    modes = tuple(dict.fromkeys(r["transport"] for r in runs))
+    for mode in modes:
         on, off = by[(mode, True)], by[(mode, False)]
         compute_only, comm_only = off["compute_per_moe_layer_s"], exchange["transports"][mode]["comm_only_s"]
         per_transport[mode] = {
@@ -342,7 +355,7 @@ def summarize(b: Bench, gemm: list[dict], exchange: dict, runs: list[dict]) -> d
             "bandwidth_ratio": exchange["transports"][mode]["bandwidth_ratio"],
             "busbw_GBps": exchange["transports"][mode]["busbw_GBps"],
             "step_time_s_overlap": on["step_time_s"]}
-    faster = min(TRANSPORTS, key=lambda t: per_transport[t]["step_time_s_overlap"])
+    faster = min(modes, key=lambda t: per_transport[t]["step_time_s_overlap"])
     targets.update({
         "gemm_meets": targets["gemm_ratio_min_over_ranks"] >= TARGETS["gemm_ratio_min"],
         "overlap_meets": {t: v["overlap_ratio"] <= TARGETS["overlap_ratio_max"] for t, v in per_transport.items()},

@@ -21,7 +21,9 @@ destination moves a shard; the receiver keeps the choices whose slot is one of i
                 message transports (MPI) send one message per peer, empty ones too, and receive each
                 by a matched probe, which gives its size (no counts round trip before the data moves);
                 grouped transports (NCCL, gloo collectives) exchange counts (rows, and requests per expert
-                slot) first, since a collective's receive sizes must be known, then post_receives
+                slot) first, since a collective's receive sizes must be known, then post_receives;
+                device-split ones (NVSHMEM) send the rows at once and the counts beside them, which
+                post_receives reads when the runtime needs the shards
               post_result_receives: receive every destination's combine results (sizes known: its rows)
   receiver    shard_in: a source's shard is in (message transports: its size gives the rows)
               slot_rows: pairs per local slot (from the counts, or from the rows' meta columns)
@@ -188,7 +190,10 @@ def post_dispatch(tr: Transport, ex: Exchange, rows_NB: torch.Tensor) -> list[Pe
     rows_NB = tr.to_wire(rows_NB)
     rows_R = plan.counts_R
     t = tag(key, KIND_PAYLOAD)
-    if tr.grouped:
+    if tr.device_splits:  # the rows move now; the receiver reads the counts when it needs them
+        tr.post_counts(plan.counts_RX, tag(key, KIND_COUNTS))
+        posted = ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [t], ("sent", key))
+    elif tr.grouped:
         ex.counts_RX = tr.exchange_counts(plan.counts_RX, tag(key, KIND_COUNTS))
         posted = ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [t], ("sent", key))
     else:
@@ -219,9 +224,11 @@ def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
 
 
 def post_receives(tr: Transport, ex: Exchange) -> list[Pending]:
-    """Receiver side of a grouped transport, after post_dispatch (the counts are in): receive every
-    source's rows."""
-    assert tr.grouped and ex.counts_RX is not None
+    """Receiver side of a grouped transport, after post_dispatch (the counts are in; a device-split transport
+    reads them here, its rows already on their way): receive every source's rows."""
+    assert tr.grouped
+    if ex.counts_RX is None:
+        ex.counts_RX = tr.take_counts(tag(ex.key, KIND_COUNTS))
     b = ex.row_bytes
     rows_R = ex.counts_RX[:, 0]
     (bufs,), posted = tr.irecv_split([rows_R * b], [tag(ex.key, KIND_PAYLOAD)], ("shard", ex.key))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from emu import dispatch as dp
 from emu.faults import check_fault_options
 from emu.launch import local_rank
 from emu.microbatch import layout
@@ -24,6 +25,7 @@ from emu.timing import PhaseClock
 from emu.transport import Transport
 from moe.errors import SpecError
 from moe.hostprobe import host_probe_s
+from moe.model.fp8 import wire_bytes_per_token
 from moe.model.model import from_scenario, hidden_states
 from moe.result import Span
 from moe.spec.schema import Scenario
@@ -117,6 +119,11 @@ class Job:
         self.model = model if model is not None else from_scenario(
             scenario, experts=self.plan.held_experts(tr.rank), device=self.device)
         self.layout = layout(scenario)
+        m, sched = scenario.model, scenario.schedule
+        tr.prepare(len(self.layout.micro_batches),
+                   max(len(mb.tokens_T) for mb in self.layout.micro_batches) * min(m.top_k, tr.size),
+                   dp.row_bytes(m.hidden, sched.dispatch_dtype, m.top_k),
+                   wire_bytes_per_token(m.hidden, sched.combine_dtype))
         self.clock = PhaseClock(tr.now, tr.rank, moe_from=scenario.model.dense_layers)
         self.runtime = RankRuntime(scenario, tr, self.plan, self.model, self.layout, self.clock, self.device)
 

@@ -22,7 +22,9 @@ the shards of a (layer, micro-batch) are computed together, even when a rank has
 still joins the collective); MoE layer fronts start in key order (layer-major, then micro-batch); and
 fronts come before shards in the loop, since on a GPU the host only enqueues work and the enqueue order
 is the order the device runs it: micro-batch i + 1's front and dispatch are queued before micro-batch
-i's experts, so its transfer overlaps them. Received buffers are read only after `Transport.ready`.
+i's experts, so its transfer overlaps them. Received buffers are read only after `Transport.ready`. A
+device-split transport (NVSHMEM) has its receives posted when the shards are computed: only then does
+the host wait for the counts, which travelled beside the rows.
 """
 
 from __future__ import annotations
@@ -164,7 +166,8 @@ class RankRuntime:
     def _queue_all(self, ex: dp.Exchange) -> None:
         """Without overlap (or with a grouped transport): queue an exchange's shards once every one of them
         is in; a grouped transport's exchange is queued even without shards (its result joins the group)."""
-        if (self.sched.overlap and not self.tr.grouped) or ex.key in self.queued_all or not ex.receives_posted \
+        posted = ex.receives_posted or self.tr.device_splits  # device splits: posted when computed
+        if (self.sched.overlap and not self.tr.grouped) or ex.key in self.queued_all or not posted \
                 or ex.shards_missing:
             return
         self.queued_all.add(ex.key)
@@ -177,6 +180,8 @@ class RankRuntime:
         key, src = min(self.shard_queue)
         self.shard_queue.remove((key, src))
         ex = self.exchanges[key]
+        if not ex.receives_posted:  # device splits: the host learns the sizes now, the rows are on their way
+            self.pending += dp.post_receives(self.tr, ex)
         layer = self._layer_of_key(key)
         block = self.model.block(layer)
         sources = sorted(ex.shard_bufs) if src == ALL_SOURCES else [src]
@@ -301,8 +306,9 @@ class RankRuntime:
         self.exchanges[key] = ex
         self.pending += dp.post_dispatch(self.tr, ex, rows_NB)
         self.pending += dp.post_result_receives(self.tr, ex)
-        if self.tr.grouped:  # the counts are in: receive the shards
-            self.pending += dp.post_receives(self.tr, ex)
+        if self.tr.grouped:  # the counts are in: receive the shards (device splits: when computed)
+            if not self.tr.device_splits:
+                self.pending += dp.post_receives(self.tr, ex)
             self._queue_all(ex)
         elif self.tr.rank in ex.shard_bufs:  # local rows
             self._arrived(ex, self.tr.rank)

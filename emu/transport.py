@@ -112,6 +112,10 @@ class Transport(ABC):
     """Seconds spent inside the library's calls outside bounded waits (posting, testing)."""
     grouped: bool = False
     """Shards of one (layer, micro-batch) move as one collective per direction (see the module docstring)."""
+    device_splits: bool = False
+    """A grouped transport whose collectives take their splits on the device (NVSHMEM): a dispatch moves as
+    soon as it is sent, before the receiver knows its sizes; the counts travel beside it (`post_counts`)
+    and the receiver reads them when it needs them (`take_counts`, then `irecv_split` of those sizes)."""
     _waiting: bool = False
 
     # ---------------------------------------------------------------------------- point to point
@@ -175,6 +179,21 @@ class Transport(ABC):
         """Grouped transports: send row r of send_RX (int64) to rank r and return every rank's row for us
         (recv_RX[src]); synchronous (bounded). `key` identifies the (layer, micro-batch)."""
         raise NotImplementedError(f"{self.name}: a message transport sizes its receives by probe (irecv_probed)")
+
+    def post_counts(self, send_RX: np.ndarray, key: int) -> None:
+        """Device-split transports: start the counts exchange of `key` without waiting for it."""
+        raise NotImplementedError(f"{self.name}: counts are exchanged synchronously (exchange_counts)")
+
+    def take_counts(self, key: int) -> np.ndarray:
+        """Device-split transports: the counts posted for `key` (recv_RX[src]); waits for them (bounded)."""
+        raise NotImplementedError(f"{self.name}: counts are exchanged synchronously (exchange_counts)")
+
+    def prepare(self, slots: int, max_rows: int, row_bytes: int, result_row_bytes: int) -> None:
+        """Collective, once before the steps: the largest exchange to come, for transports that allocate
+        their buffers up front (NVSHMEM's symmetric memory): `slots` exchanges in flight at once (key % slots
+        tells them apart), at most `max_rows` rows a rank sends in one, of `row_bytes` out and
+        `result_row_bytes` back. Others have nothing to do."""
+        return None
 
     def peers(self) -> list[int]:
         """Other ranks, starting after our own so that not every rank talks to rank 0 first."""

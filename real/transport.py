@@ -42,12 +42,14 @@ import torch.distributed as dist
 
 from emu import dispatch as dp
 from emu.faults import report_failure
-from emu.transport import Pending, Transport, WaitTimeout, poll_until
+from emu.transport import Pending, Transport, WaitTimeout, host_to, poll_until
+from moe.errors import RunFailure
+from real import symm
 from real.groups import Groups
 from real.stall import guard
 
 PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_RESULT: "combine"}
-MODES = ("p2p", "all_to_all")
+MODES = ("p2p", "all_to_all", "nvshmem")
 
 
 ABORT_GRACE_S = 5.0
@@ -117,6 +119,14 @@ class RealTransport(Transport):
                  stream_ordered: bool | None = None):
         if mode not in MODES:
             raise ValueError(f"transport mode {mode!r} is not one of {MODES}")
+        if mode == "nvshmem" and not (device.type == "cuda" and symm.available()):
+            raise RunFailure("real.transport=nvshmem needs CUDA GPUs and PyTorch's NVSHMEM library "
+                             "(torch.distributed._symmetric_memory.is_nvshmem_available() is false here); "
+                             "use all_to_all or p2p")
+        self.vdev = mode == "nvshmem"
+        self.device_splits = self.vdev
+        self.symm: symm.Buffers | None = None
+        self._counts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pg = groups
         self.mode = mode
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
@@ -167,6 +177,33 @@ class RealTransport(Transport):
             recv = recv_t.cpu().numpy()
         return recv
 
+    def post_counts(self, send_RX: np.ndarray, key: int) -> None:
+        """Device splits: the counts all-to-all on its own stream and communicator, the host not waiting."""
+        send = np.ascontiguousarray(send_RX, dtype=np.int64)
+        self.issue_log.append(("counts", dp.key_of_tag(key)))
+        with torch.cuda.stream(self.streams["counts"]), \
+                self._guarded(f"the counts all-to-all of exchange {dp.key_of_tag(key)}"):
+            send_t = torch.from_numpy(send).to(self.device)
+            recv_t = torch.empty_like(send_t)
+            dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
+        self._counts[key] = (send_t, recv_t)
+
+    def take_counts(self, key: int) -> np.ndarray:
+        """The counts posted for `key`: the host waits for the counts stream (by then long done, as a rule)."""
+        _, recv_t = self._counts.pop(key)
+        with torch.cuda.stream(self.streams["counts"]), \
+                self._guarded(f"the counts of exchange {dp.key_of_tag(key)}"):
+            return recv_t.cpu().numpy()
+
+    def prepare(self, slots: int, max_rows: int, row_bytes: int, result_row_bytes: int) -> None:
+        """nvshmem: the symmetric buffers (`real.symm`), for the largest rows count any rank asks for."""
+        if not self.vdev:
+            return
+        bound = torch.tensor([max_rows], dtype=torch.int64)
+        dist.all_reduce(bound, op=dist.ReduceOp.MAX, group=self.pg.objects)
+        self.symm = symm.buffers(self.pg.dispatch, self.pg.combine, self.device, slots, int(bound.item()),
+                                 row_bytes, result_row_bytes)
+
     # ------------------------------------------------------------------------------ shard groups
     def _group(self, tags: Sequence[int]) -> Group:
         keys = {dp.key_of_tag(t) for t in tags}
@@ -200,7 +237,10 @@ class RealTransport(Transport):
         splits = [np.asarray(s, dtype=np.int64) for s in nbytes_PR]
         bufs, views, posted = [], [], []
         for s, t in zip(splits, tags, strict=True):
-            buf = torch.empty(int(s.sum()), dtype=torch.uint8, device=self.device)
+            if self.vdev:  # where the op writes: the slot's output, sources in rank order
+                buf = self._phase(g.phase).out[g.key % self.symm.slots].view(-1)[:int(s.sum())]
+            else:
+                buf = torch.empty(int(s.sum()), dtype=torch.uint8, device=self.device)
             off = np.concatenate([[0], np.cumsum(s)])
             mine = {r: buf[int(off[r]):int(off[r + 1])] for r in range(self.size) if s[r]}
             for r, v in mine.items():
@@ -216,15 +256,15 @@ class RealTransport(Transport):
         """Issue this phase's complete groups in key order."""
         while True:
             g = self.groups.get((phase, self.next_issue[phase]))
-            if g is None or g.send is None or g.recv is None:
-                return
+            if g is None or g.send is None or (g.recv is None and not self.vdev):
+                return  # device splits: the receiver's sizes are not needed to move the rows
             self._issue(g)
             self.next_issue[phase] += 1
 
     def _issue(self, g: Group) -> None:
-        (ins, in_splits), (outs, out_splits) = g.send, g.recv
-        if len(ins) != len(outs) or any(a[self.rank] != b[self.rank] for a, b in zip(in_splits, out_splits,
-                                                                                       strict=True)):
+        (ins, in_splits), (outs, out_splits) = g.send, g.recv or ([], [])
+        if g.recv is not None and (len(ins) != len(outs) or any(
+                a[self.rank] != b[self.rank] for a, b in zip(in_splits, out_splits, strict=True))):
             raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: sends and receives do not match "
                                f"(own part {[int(a[self.rank]) for a in in_splits]} vs "
                                f"{[int(b[self.rank]) for b in out_splits]})")
@@ -242,7 +282,8 @@ class RealTransport(Transport):
                     start = torch.cuda.Event(enable_timing=True)
                     start.record(stream)
                 with self._guarded(f"the {g.phase} {self.mode} of exchange {g.key}"):
-                    works = self._launch(group, ins, in_splits, outs, out_splits)
+                    works = self._vdev(g) if self.vdev else \
+                        self._launch(group, ins, in_splits, outs, out_splits)
                 for w in works:
                     w.wait()  # the phase stream waits for NCCL's stream; the host does not wait
                 g.done = torch.cuda.Event(enable_timing=start is not None)
@@ -252,6 +293,26 @@ class RealTransport(Transport):
         g.issued = True
         self.issue_log.append((g.phase, g.key))
         self.in_flight.append(g)
+
+    def _phase(self, phase: str) -> symm.Phase:
+        if self.symm is None:
+            raise RuntimeError(f"rank {self.rank}: the nvshmem transport was not prepared (Transport.prepare)")
+        return self.symm.dispatch if phase == "dispatch" else self.symm.combine
+
+    def _vdev(self, g: Group) -> list:
+        """One all_to_all_vdev of a group's rows (on the current stream): copied into the slot's symmetric
+        input, the rows per peer to the device (pinned, without blocking), then the op."""
+        ph, slot = self._phase(g.phase), g.key % self.symm.slots
+        (buf,), (split,) = g.send
+        rows_R, rest = np.divmod(split, ph.row_bytes)
+        if rest.any() or rows_R.sum() > ph.inp[slot].shape[0]:
+            raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: {split.tolist()} bytes are not whole "
+                               f"{ph.row_bytes}-byte rows within the {ph.inp[slot].shape[0]} prepared")
+        ph.inp[slot].view(-1)[:buf.numel()].copy_(buf)
+        ph.splits[slot].copy_(host_to(torch.from_numpy(rows_R), self.device), non_blocking=True)
+        torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot], ph.group)
+        self.messages_posted += 1
+        return []
 
     def _launch(self, group, ins, in_splits, outs, out_splits) -> list:
         """The collectives of one group on the current stream; returns their works."""

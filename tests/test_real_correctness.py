@@ -33,8 +33,13 @@ from test_emu_correctness import BASE, FROB_TOL, LAYER_TOL, MAX_TOL, cases, laye
 
 REAL = {"warmup": 0, "repeats": 1, "timeout_s": 60.0}
 VARIANTS = {"p2p/host": ("p2p", False), "all_to_all/host": ("all_to_all", False),
-            "p2p/stream": ("p2p", True), "all_to_all/stream": ("all_to_all", True)}
-"""Transport mode and stream-ordered completion of each variant (GPU ranks are always stream-ordered)."""
+            "p2p/stream": ("p2p", True), "all_to_all/stream": ("all_to_all", True),
+            "deferred/stream": ("all_to_all", True)}
+"""Transport mode and stream-ordered completion of each variant (GPU ranks are always stream-ordered).
+deferred: all_to_all behind the protocol of a device-split transport (`DeferredCounts`), which the
+`nvshmem` mode is on GPUs: counts posted beside the rows, receives posted when the shards are computed."""
+GPU_VARIANTS = {"nvshmem/stream": ("nvshmem", True)}
+"""GPUs with NVSHMEM only."""
 QUICK_CASES = ("replicate_hot+replicas", "layer-pipeline/chunks")
 """The default test runs one of them per variant, in turn (replicas and capacity; pipelined chunks)."""
 
@@ -159,6 +164,27 @@ def check_cases(tr, variant: str, quick: bool) -> list[str]:
     return failures
 
 
+def deferred_counts(*args, **kwargs):
+    """A RealTransport in all_to_all mode that presents itself as device-split: the protocol posts the counts
+    with the rows (kept here, exchanged at once) and reads them when the runtime computes the shards; its
+    dispatch collective is then issued once those receives are posted. Checks, on CPUs, what the runtime
+    and the protocol do differently for the nvshmem mode."""
+    from real.transport import RealTransport
+
+    class DeferredCounts(RealTransport):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.device_splits, self.posted = True, {}
+
+        def post_counts(self, send_RX, key):
+            self.posted[key] = self.exchange_counts(send_RX, key)
+
+        def take_counts(self, key):
+            return self.posted.pop(key)
+
+    return DeferredCounts(*args, **kwargs)
+
+
 def main(argv: list[str]) -> int:
     """One rank: `--backend gloo|nccl`, `--variants a,b`, `--quick`."""
     import torch
@@ -175,9 +201,9 @@ def main(argv: list[str]) -> int:
     groups = process_groups(backend, REAL["timeout_s"])
     failures = []
     for variant in variants:
-        mode, ordered = VARIANTS[variant]
-        tr = RealTransport(groups, mode, device, REAL["timeout_s"], stream_ordered=True if backend == "nccl"
-                           else ordered)
+        mode, ordered = {**VARIANTS, **GPU_VARIANTS}[variant]
+        make = deferred_counts if variant.startswith("deferred") else RealTransport
+        tr = make(groups, mode, device, REAL["timeout_s"], stream_ordered=True if backend == "nccl" else ordered)
         failures += check_cases(tr, variant, quick="--quick" in argv)
     if failures and where.rank == 0:
         print("\n".join(failures), file=sys.stderr)
@@ -222,6 +248,23 @@ def test_nccl_ranks_match_reference(ranks):
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count(" ok") == 2 * len(cases(ranks)), proc.stdout + proc.stderr
+
+
+@pytest.mark.gpu
+def test_nccl_nvshmem_ranks_match_reference():
+    """The nvshmem mode (NVSHMEM all_to_all_vdev, splits on the device) on 4 GPUs."""
+    if gpus() < 4:
+        pytest.skip(f"needs 4 GPUs, {gpus()} visible")
+    from real import symm
+
+    if not symm.available():
+        pytest.skip("PyTorch's NVSHMEM library is not available")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
+                           __file__, "--backend", "nccl", "--variants", "nvshmem/stream"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(" ok") == len(cases(4)), proc.stdout + proc.stderr
 
 
 if __name__ == "__main__":  # one rank of a job started by launch_local or torchrun

@@ -269,8 +269,10 @@ class EmuOptions(Section):
 
 
 class RealOptions(Section):
-    transport: Literal["p2p", "all_to_all"] = "all_to_all"
-    """p2p: batch_isend_irecv of shards; all_to_all: all_to_all_single with splits."""
+    transport: Literal["p2p", "all_to_all", "nvshmem"] = "all_to_all"
+    """p2p: batch_isend_irecv of shards; all_to_all: all_to_all_single with splits (both NCCL, the receivers'
+    sizes exchanged first); nvshmem: PyTorch's NVSHMEM all_to_all_vdev, splits on the device (`real.symm`;
+    GPUs with NVSHMEM only)."""
     warmup: NonNegInt = 2
     repeats: PosInt = 5
     timeout_s: PosFloat = 120.0

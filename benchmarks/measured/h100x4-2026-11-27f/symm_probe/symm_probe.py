@@ -1,3 +1,4 @@
+# ruff: noqa  (kept as it ran)
 """Feasibility probe: NVSHMEM all_to_all_vdev (device splits) vs NCCL all_to_all_single at real_perf's bytes.
 torchrun --nproc-per-node 4 .probe/symm_probe.py OUTFILE [odd]
 """
