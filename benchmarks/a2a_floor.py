@@ -178,7 +178,8 @@ def worker(args) -> int:
     p = Patterns(args, rank, ranks, dev)
     rep = {"benchmark": "a2a_floor", "ranks": ranks, "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "rows_per_microbatch": args.rows, "micro_batches": args.micro_batches, "dispatch_row_bytes": p.b,
-           "result_row_bytes": p.v, "warmup": args.warmup, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
+           "result_row_bytes": p.v, "vdev_group": args.group, "warmup": args.warmup, "repeats": args.repeats,
+           "date": time.strftime("%Y-%m-%d")}
     every = [None] * ranks
     dist.all_gather_object(every, (p.bytes_sent, p.dispatch_bytes))
     sent, sent_dispatch = (sum(e[i] for e in every) / ranks for i in (0, 1))
@@ -189,7 +190,8 @@ def worker(args) -> int:
     if rep["nvshmem"]:
         os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(2 * p.symmetric_bytes + (64 << 20)))  # the heap
         symm.set_backend("NVSHMEM")
-        v = Vdev(p, dist.group.WORLD.group_name)
+        group = dist.group.WORLD if args.group == "world" else dist.new_group()
+        v = Vdev(p, group.group_name)
         rep["vdev_equals_nccl"] = v.check()
         runs.update({"vdev": v.run, "vdev_host": lambda: v.run(host_reads=True),
                      "vdev_dispatch": lambda: v.run(combine=False)})
@@ -222,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                    "of the paper model: 7408)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--group", choices=("world", "new"), default="world",
+                   help="vdev's process group: the default one, or a new group of every rank (as the nvshmem "
+                   "transport uses: one per phase)")
     p.add_argument("--ranks", type=int, help="GPUs when starting torchrun here (default: every GPU)")
     args = p.parse_args(argv)
     if args.rows < 2 or args.rows % 2 or args.micro_batches < 1:

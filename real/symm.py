@@ -5,8 +5,10 @@ between ranks with the splits on the device: each rank pulls its rows from the p
 gets, after a device-side exchange of the splits), writes them to `out` in source order, and fills
 `out_splits_offsets` ([2, R]: rows per source, their offsets). No host round trip comes before the data
 moves. Every buffer it touches must be symmetric memory of the same size on every rank, so they are
-allocated here once per job (a collective), sized for the largest exchange to come, one set per exchange
-that can be in flight at once ("slot" = key % slots: the runtime holds one exchange per micro-batch):
+allocated here (a collective), sized for the largest exchange to come, one set per exchange that can be in
+flight at once ("slot" = key % slots: the runtime holds one exchange per micro-batch). They live as long
+as the process (later jobs reuse them, or outgrow them into new ones) because freeing symmetric memory
+is collective too, and ranks let go of their last views at different times:
 
   phase     input                     output
   dispatch  [max_rows, row_bytes]     [R x max_rows, row_bytes]       (every source may send max_rows)
@@ -59,6 +61,7 @@ def blocks_per_peer(ranks: int, *row_bytes: int) -> int:
 @dataclass
 class Phase:
     inp: list[torch.Tensor]
+    """Per slot [rows, row_bytes] (a view of the slot's flat symmetric buffer)."""
     out: list[torch.Tensor]
     splits: list[torch.Tensor]
     """[R] int64 rows to each peer (the op's in_splits)."""
@@ -71,57 +74,81 @@ class Phase:
 @dataclass
 class Buffers:
     slots: int
-    max_rows: int
     dispatch: Phase
     combine: Phase
 
-    def fits(self, slots: int, max_rows: int, row_bytes: int, result_row_bytes: int) -> bool:
-        return (slots <= self.slots and max_rows <= self.max_rows and row_bytes == self.dispatch.row_bytes
-                and result_row_bytes == self.combine.row_bytes)
+
+@dataclass
+class _Flat:
+    """One phase's symmetric memory: per slot a flat input and output buffer, the splits and offsets."""
+
+    inp: list[torch.Tensor]
+    out: list[torch.Tensor]
+    splits: list[torch.Tensor]
+    out_so: list[torch.Tensor]
+
+    def fits(self, slots: int, in_bytes: int, out_bytes: int) -> bool:
+        return slots <= len(self.inp) and in_bytes <= self.inp[0].numel() and out_bytes <= self.out[0].numel()
+
+    def phase(self, slots: int, in_rows: int, out_rows: int, width: int, group: str) -> Phase:
+        return Phase([t[:in_rows * width].view(in_rows, width) for t in self.inp[:slots]],
+                     [t[:out_rows * width].view(out_rows, width) for t in self.out[:slots]],
+                     self.splits[:slots], self.out_so[:slots], group, width)
 
 
-_BUFFERS: dict[tuple[str, str], Buffers] = {}
+_FLAT: dict[str, _Flat] = {}
+_RETIRED: list[_Flat] = []
+"""Outgrown buffers, never freed: freeing symmetric memory is collective, and the ranks drop their last
+references at different times."""
+
+
+def _flat(group, device: torch.device, slots: int, in_bytes: int, out_bytes: int) -> _Flat:
+    from torch.distributed import _symmetric_memory as symm
+
+    have = _FLAT.get(group.group_name)
+    if have is not None and have.fits(slots, in_bytes, out_bytes):
+        return have
+    if have is not None:
+        _RETIRED.append(have)
+        slots, in_bytes, out_bytes = (max(slots, len(have.inp)), max(in_bytes, have.inp[0].numel()),
+                                      max(out_bytes, have.out[0].numel()))
+    ranks = dist.get_world_size(group)
+
+    def empty(shape, dtype=torch.uint8):
+        t = symm.empty(shape, dtype=dtype, device=device)
+        symm.rendezvous(t, group=group.group_name)
+        return t
+
+    made = _Flat([empty(max(1, in_bytes)) for _ in range(slots)], [empty(max(1, out_bytes)) for _ in range(slots)],
+                 [empty(ranks, torch.int64) for _ in range(slots)],
+                 [empty((2, ranks), torch.int64) for _ in range(slots)])
+    _FLAT[group.group_name] = made
+    return made
 
 
 def buffers(dispatch_group, combine_group, device: torch.device, slots: int, max_rows: int, row_bytes: int,
             result_row_bytes: int) -> Buffers:
-    """This job's symmetric buffers (collective: every rank calls it with the same arguments, in one order);
-    reused while a later job of the process fits in them."""
+    """This job's symmetric buffers (collective: every rank calls it with the same arguments, in one order),
+    views of memory kept for the process and grown when a later job needs more."""
     from torch.distributed import _symmetric_memory as symm
 
-    names = (dispatch_group.group_name, combine_group.group_name)
-    have = _BUFFERS.get(names)
-    if have is not None and have.fits(slots, max_rows, row_bytes, result_row_bytes):
-        return have
     ranks = dist.get_world_size(dispatch_group)
     per_slot = max_rows * row_bytes * (1 + ranks) + max_rows * result_row_bytes * (ranks + 1)
     os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(max(HEAP_MIN_BYTES, 2 * slots * per_slot)))
     bpp = blocks_per_peer(ranks, row_bytes, result_row_bytes)
     os.environ.setdefault("TORCH_SYMMMEM_NBLOCKS", str(ranks * bpp))
-    set_blocks = int(os.environ["TORCH_SYMMMEM_NBLOCKS"])
-    if (set_blocks // ranks) and (row_bytes % (set_blocks // ranks) or result_row_bytes % (set_blocks // ranks)):
-        raise RunFailure(f"TORCH_SYMMMEM_NBLOCKS={set_blocks}: {set_blocks // ranks} blocks per peer do not divide "
-                         f"the {row_bytes}- and {result_row_bytes}-byte rows (use {ranks * bpp})")
+    set_bpp = int(os.environ["TORCH_SYMMMEM_NBLOCKS"]) // ranks
+    if set_bpp and (row_bytes % set_bpp or result_row_bytes % set_bpp):
+        raise RunFailure(f"TORCH_SYMMMEM_NBLOCKS={os.environ['TORCH_SYMMMEM_NBLOCKS']}: {set_bpp} blocks per peer do "
+                         f"not divide the {row_bytes}- and {result_row_bytes}-byte rows (it is read once a process)")
     try:
         if symm.get_backend(device) != "NVSHMEM":
             symm.set_backend("NVSHMEM")
-
-        def phase(group, in_rows: int, out_rows: int, width: int) -> Phase:
-            def empty(shape, dtype=torch.uint8):
-                t = symm.empty(shape, dtype=dtype, device=device)
-                symm.rendezvous(t, group=group.group_name)
-                return t
-
-            return Phase([empty((in_rows, width)) for _ in range(slots)],
-                         [empty((out_rows, width)) for _ in range(slots)],
-                         [empty(ranks, torch.int64) for _ in range(slots)],
-                         [empty((2, ranks), torch.int64) for _ in range(slots)], group.group_name, width)
-
-        made = Buffers(slots, max_rows, phase(dispatch_group, max_rows, ranks * max_rows, row_bytes),
-                       phase(combine_group, ranks * max_rows, max_rows, result_row_bytes))
+        d = _flat(dispatch_group, device, slots, max_rows * row_bytes, ranks * max_rows * row_bytes)
+        c = _flat(combine_group, device, slots, ranks * max_rows * result_row_bytes, max_rows * result_row_bytes)
     except RuntimeError as err:
         raise RunFailure(f"real.transport=nvshmem: NVSHMEM symmetric buffers of {slots} x {per_slot / 2**20:.0f} MiB "
                          f"could not be made ({err}); NVSHMEM_SYMMETRIC_SIZE="
                          f"{os.environ.get('NVSHMEM_SYMMETRIC_SIZE')}") from err
-    _BUFFERS[names] = made
-    return made
+    return Buffers(slots, d.phase(slots, max_rows, ranks * max_rows, row_bytes, dispatch_group.group_name),
+                   c.phase(slots, ranks * max_rows, max_rows, result_row_bytes, combine_group.group_name))
