@@ -41,7 +41,9 @@ from real.groups import forget_process_groups  # noqa: E402
 TIMES: dict[str, list[float]] = {}
 COUNTS_CALLS = 400
 WRAPPED = [(dist, "all_to_all_single"), (dist, "batch_isend_irecv"), (rt, "poll_until"),
-           (rt.RealTransport, "exchange_counts"), (rt.RealTransport, "_issue"), (rt.RealTransport, "ready"),
+           (rt.RealTransport, "exchange_counts"), (rt.RealTransport, "post_counts"), (rt.RealTransport, "take_counts"),
+           (rt.RealTransport, "_issue"), (rt.RealTransport, "_vdev"), (rt.RealTransport, "irecv_split"),
+           (rt.RealTransport, "isend_split"), (rt.RealTransport, "ready"),
            (rt.RealTransport, "test_some"), (dp, "plan_dispatch"), (dp, "pack_rows"), (dp, "post_dispatch"),
            (dp, "post_receives"), (dp, "post_result_receives"), (dp, "send_results"), (dp, "compute_shard"),
            (dp, "combine_rows"), (er, "planned_weights")] + \
