@@ -8,6 +8,11 @@ are posted:
   phase "dispatch": dispatch rows (meta in front) phase "combine": result rows
   mode `all_to_all`: one `all_to_all_single` per buffer kind with the byte splits, own part included
   mode `p2p`:        one `batch_isend_irecv` of every peer's parts; the own part is copied locally
+  mode `nvshmem`:    one NVSHMEM `all_to_all_vdev` from and to symmetric buffers (`real.symm`), the splits
+                     on the device: issued as soon as the send side is posted (a device-split transport,
+                     `Transport.device_splits`); the counts travel beside it (`post_counts`) and the
+                     receiver reads them when it computes the shards (`take_counts`), so that host wait
+                     no longer comes before the transfer
 Receive buffers are one tensor per kind with a region per source in rank order, so a key's shards are
 one contiguous block for the experts. Each phase has its own process group and issues its groups in key
 order; the runtime starts keys in order on every rank (`emu.runtime`), so all ranks call every group's
@@ -124,6 +129,7 @@ class RealTransport(Transport):
                              "(torch.distributed._symmetric_memory.is_nvshmem_available() is false here); "
                              "use all_to_all or p2p")
         self.vdev = mode == "nvshmem"
+        """This transport's collectives are NVSHMEM's; `device_splits` is what the protocol reads."""
         self.device_splits = self.vdev
         self.symm: symm.Buffers | None = None
         self._counts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
