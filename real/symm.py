@@ -77,6 +77,9 @@ class Buffers:
     dispatch: Phase
     combine: Phase
 
+    def of(self, phase: str) -> Phase:
+        return self.dispatch if phase == "dispatch" else self.combine
+
 
 @dataclass
 class _Flat:

@@ -244,7 +244,7 @@ class RealTransport(Transport):
         bufs, views, posted = [], [], []
         for s, t in zip(splits, tags, strict=True):
             if self.vdev:  # where the op writes: the slot's output, sources in rank order
-                buf = self._phase(g.phase).out[g.key % self.symm.slots].view(-1)[:int(s.sum())]
+                buf = self.symm.of(g.phase).out[g.key % self.symm.slots].view(-1)[:int(s.sum())]
             else:
                 buf = torch.empty(int(s.sum()), dtype=torch.uint8, device=self.device)
             off = np.concatenate([[0], np.cumsum(s)])
@@ -300,15 +300,10 @@ class RealTransport(Transport):
         self.issue_log.append((g.phase, g.key))
         self.in_flight.append(g)
 
-    def _phase(self, phase: str) -> symm.Phase:
-        if self.symm is None:
-            raise RuntimeError(f"rank {self.rank}: the nvshmem transport was not prepared (Transport.prepare)")
-        return self.symm.dispatch if phase == "dispatch" else self.symm.combine
-
     def _vdev(self, g: Group) -> list:
         """One all_to_all_vdev of a group's rows (on the current stream): copied into the slot's symmetric
         input, the rows per peer to the device (pinned, without blocking), then the op."""
-        ph, slot = self._phase(g.phase), g.key % self.symm.slots
+        ph, slot = self.symm.of(g.phase), g.key % self.symm.slots  # prepared by the job (Transport.prepare)
         (buf,), (split,) = g.send
         rows_R, rest = np.divmod(split, ph.row_bytes)
         if rest.any() or rows_R.sum() > ph.inp[slot].shape[0]:
