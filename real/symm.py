@@ -1,10 +1,11 @@
 """NVSHMEM symmetric buffers of the `nvshmem` shard transport (`real.transport`, mode "nvshmem").
 
 PyTorch's `torch.ops.symm_mem.all_to_all_vdev(input, out, in_splits, out_splits_offsets, group)` moves rows
-between ranks with the splits on the device: each rank pulls its rows from the peers' `input` (NVSHMEM
-gets, after a device-side exchange of the splits), writes them to `out` in source order, and fills
-`out_splits_offsets` ([2, R]: rows per source, their offsets). No host round trip comes before the data
-moves. Every buffer it touches must be symmetric memory of the same size on every rank, so they are
+between ranks with the splits on the device: after a device-side exchange of the splits (a barrier of the
+group), each rank's rows land in the peers' `out` in source order (in the PyTorch source read for this, the
+receivers pull them with NVSHMEM gets), and `out_splits_offsets` ([2, R]: rows per source, their offsets)
+is filled. No host round trip comes before the data moves. Every buffer it touches must be symmetric
+memory of the same size on every rank, so they are
 allocated here (a collective), sized for the largest exchange to come, one set per exchange that can be in
 flight at once ("slot" = key % slots: the runtime holds one exchange per micro-batch). They live as long
 as the process (later jobs reuse them, or outgrow them into new ones) because freeing symmetric memory
@@ -14,7 +15,7 @@ is collective too, and ranks let go of their last views at different times:
   dispatch  [max_rows, row_bytes]     [R x max_rows, row_bytes]       (every source may send max_rows)
   combine   [R x max_rows, res_bytes] [max_rows, res_bytes]
 
-The op has no exit barrier: a rank may overwrite its input only once every peer has pulled it. A slot's
+The op has no exit barrier: a rank may overwrite its input only once every peer has read it. A slot's
 next use is the same micro-batch's next layer, whose dispatch is issued after the compute stream has
 consumed this layer's results, which came after every peer's pull (`real.transport`'s notes).
 Constraints of the op's kernel (torch 2.11): it splits each peer's bytes evenly over the blocks it gives
