@@ -5,11 +5,11 @@ between ranks with the splits on the device: after a device-side exchange of the
 group), each rank's rows land in the peers' `out` in source order (in the PyTorch source read for this, the
 receivers pull them with NVSHMEM gets), and `out_splits_offsets` ([2, R]: rows per source, their offsets)
 is filled. No host round trip comes before the data moves. Every buffer it touches must be symmetric
-memory of the same size on every rank, so they are
-allocated here (a collective), sized for the largest exchange to come, one set per exchange that can be in
-flight at once ("slot" = key % slots: the runtime holds one exchange per micro-batch). They live as long
-as the process (later jobs reuse them, or outgrow them into new ones) because freeing symmetric memory
-is collective too, and ranks let go of their last views at different times:
+memory of the same size on every rank, so they are allocated here (a collective), sized for the largest
+exchange to come, one set per exchange that can be in flight at once ("slot" = key % slots: the runtime
+holds one exchange per micro-batch). They live as long as the process (later jobs reuse them, or outgrow
+them into new ones) because freeing symmetric memory is collective too, and ranks let go of their last
+views at different times:
 
   phase     input                     output
   dispatch  [max_rows, row_bytes]     [R x max_rows, row_bytes]       (every source may send max_rows)
