@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from emu.dispatch import row_bytes  # noqa: E402
 from moe.model.fp8 import wire_bytes_per_token  # noqa: E402
 from moe.result import write_json_atomic  # noqa: E402
 from real import dist as rdist  # noqa: E402
+from real.calibrate import cuda_times_s  # noqa: E402
 
 HIDDEN, TOP_K = 7168, 2
 """The `paper` model's hidden size and top-k (real_perf's scenario)."""
@@ -152,22 +152,10 @@ class Vdev:
 
 
 def timed(fn, ranks: int, warmup: int, repeats: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    dev_s, host_s = [], []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        dist.barrier()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        h0 = time.perf_counter()
-        fn()
-        host_s.append(time.perf_counter() - h0)
-        e1.record()
-        e1.synchronize()
-        dev_s.append(e0.elapsed_time(e1) / 1e3)
+    """Medians of each rank (device, host issue time; every call on an idle GPU after a barrier), max over ranks."""
+    dev_s, host_s = cuda_times_s(fn, warmup, repeats, before=lambda: (torch.cuda.synchronize(), dist.barrier()))
     every = [None] * ranks
-    dist.all_gather_object(every, (statistics.median(dev_s), statistics.median(host_s)))
+    dist.all_gather_object(every, (dev_s, host_s))
     return {"s": max(e[0] for e in every), "host_issue_s": max(e[1] for e in every)}
 
 

@@ -164,32 +164,28 @@ class RealTransport(Transport):
     # ------------------------------------------------------------------------------------ counts
     def exchange_counts(self, send_RX: np.ndarray, key: int) -> np.ndarray:
         """Synchronous all-to-all of count rows: row r of send_RX to rank r."""
-        send = np.ascontiguousarray(send_RX, dtype=np.int64)
-        self.issue_log.append(("counts", dp.key_of_tag(key)))
         if not self.cuda:
+            send = np.ascontiguousarray(send_RX, dtype=np.int64)
+            self.issue_log.append(("counts", dp.key_of_tag(key)))
             recv_t = torch.empty(send.shape, dtype=torch.int64)
             dist.all_to_all_single(recv_t, torch.from_numpy(send), group=self.pg.counts)  # bounded: group timeout
             return recv_t.numpy()
         # the host waits here, the one host synchronization per (layer, micro-batch): the receiver must know
-        # its shard sizes before it posts their receives. Plain copies (pageable memory, each waits for its
-        # stream) replace pinned staging and an event poll (4 x H100: 220 us a round trip by
-        # `benchmarks/real_host_time.py counts`, the all-to-all alone 61 us); the guard bounds the whole
-        # round trip, so a dead peer ends the job instead of hanging it
-        with torch.cuda.stream(self.streams["counts"]), \
-                self._guarded(f"the counts all-to-all of exchange {dp.key_of_tag(key)}"):
-            send_t = torch.from_numpy(send).to(self.device)  # its own stream: waits for no compute or shard
-            recv_t = torch.empty_like(send_t)
-            dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
-            recv = recv_t.cpu().numpy()
-        return recv
+        # its shard sizes before it posts their receives (a device-split transport waits only in take_counts,
+        # when it computes the shards)
+        self.post_counts(send_RX, key)
+        return self.take_counts(key)
 
     def post_counts(self, send_RX: np.ndarray, key: int) -> None:
-        """Device splits: the counts all-to-all on its own stream and communicator, the host not waiting."""
+        """The counts all-to-all on its own stream and communicator, the host not waiting (`take_counts`).
+        Plain copies (pageable memory, each waits for its stream) replace pinned staging and an event poll
+        (4 x H100: 220 us a round trip by `benchmarks/real_host_time.py counts`, the all-to-all alone 61 us);
+        the guards bound the round trip, so a dead peer ends the job instead of hanging it."""
         send = np.ascontiguousarray(send_RX, dtype=np.int64)
         self.issue_log.append(("counts", dp.key_of_tag(key)))
         with torch.cuda.stream(self.streams["counts"]), \
                 self._guarded(f"the counts all-to-all of exchange {dp.key_of_tag(key)}"):
-            send_t = torch.from_numpy(send).to(self.device)
+            send_t = torch.from_numpy(send).to(self.device)  # its own stream: waits for no compute or shard
             recv_t = torch.empty_like(send_t)
             dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
         self._counts[key] = (send_t, recv_t)
