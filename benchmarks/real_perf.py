@@ -3,6 +3,7 @@
     python benchmarks/real_perf.py --out results/real_perf.json            # starts torchrun on every GPU
     torchrun --nproc-per-node 4 benchmarks/real_perf.py --out results/real_perf.json
     python benchmarks/real_perf.py --quick --ranks 2 --out /tmp/real_perf.json    # CPU smoke run (gloo)
+    python benchmarks/real_perf.py --exchange-only --out results/real_exchange.json  # that section alone
 
 Scenario (--spec FILE and --set KEY=VALUE change it): the `paper` model cut to a few layers (one dense, three
 MoE; the expert is `paper`'s: 7168 -> 18432 -> 7168, 396 MB), E = G = 4 experts one per GPU, top-2,
@@ -235,14 +236,16 @@ def layer_plans(b: Bench, j: int = 0) -> list[dp.SendPlan]:
     return plans
 
 
-def exchange_once(b: Bench, tr, plans: list[dp.SendPlan], wires: list[torch.Tensor]) -> float:
-    """Dispatch and combine of every micro-batch, results returned as soon as the shards are in."""
+def exchange_once(b: Bench, tr, plans: list[dp.SendPlan], wires: list[torch.Tensor]) -> tuple[float, float]:
+    """Dispatch and combine of every micro-batch, results returned as soon as the shards are in: (seconds
+    the exchange took, seconds the host spent issuing it; host-bound where they are close)."""
     m = b.s.model
     sched = b.s.schedule
     tr.reset()
     b.sync()
     timer = Timer(b.device)
     timer.start()
+    host0 = time.perf_counter()
     exchanges = []
     for plan, wire in zip(plans, wires, strict=True):
         ex = dp.Exchange(plan.key, plan, m.hidden, sched.dispatch_dtype, sched.combine_dtype)
@@ -264,9 +267,10 @@ def exchange_once(b: Bench, tr, plans: list[dp.SendPlan], wires: list[torch.Tens
     for ex in exchanges:
         tr.ready(*ex.result_bufs.values())
     tr.join()
+    host_s = time.perf_counter() - host0
     elapsed = timer.stop()
     tr.test_some([])  # the device is idle: lets go of the groups' buffers, as a run's event loop does
-    return elapsed
+    return elapsed, host_s
 
 
 def bare_once(b: Bench, splits: list[tuple], bufs: list[tuple]) -> float:
@@ -307,8 +311,10 @@ def measure_exchange(b: Bench) -> dict:
         tr.prepare(len(plans), max(len(p.token_N) for p in plans), w, v)
         for _ in range(a.warmup):
             exchange_once(b, tr, plans, wires)
-        times = [max(b.gather(exchange_once(b, tr, plans, wires))) for _ in range(a.repeats)]
-        out["transports"][mode] = {"comm_only_s": statistics.median(times), "all_s": times}
+        every = [b.gather(exchange_once(b, tr, plans, wires)) for _ in range(a.repeats)]
+        times = [max(t for t, _ in e) for e in every]
+        out["transports"][mode] = {"comm_only_s": statistics.median(times), "all_s": times,
+                                   "host_issue_s": statistics.median(max(h for _, h in e) for e in every)}
     out["bytes_sent_mean"] = float(np.mean(b.gather(sent_total)))
     n = b.size
 
@@ -327,6 +333,18 @@ def worker(args) -> int:
     from real.groups import forget_process_groups
 
     b = Bench(args)
+    if args.exchange_only:
+        exchange = measure_exchange(b)
+        if b.rank == 0:
+            rep = {"benchmark": "real_perf", "section": "exchange", "ranks": b.size, "backend": b.backend,
+                   "machine": torch.cuda.get_device_name() if b.device.type == "cuda" else "cpu",
+                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "exchange": exchange}
+            print(exchange_table(exchange))
+            write_json_atomic(args.out, rep)
+        b.sync()
+        rdist.finish()
+        forget_process_groups()
+        return 0
     gemm = b.gather(measure_gemm(b))
     exchange = measure_exchange(b)
     runs = [run_variant(b, mode, overlap) for mode in transports(b) for overlap in (True, False)]
@@ -369,6 +387,14 @@ def summarize(b: Bench, gemm: list[dict], exchange: dict, runs: list[dict]) -> d
             "per_transport": per_transport, "targets": targets}
 
 
+def exchange_table(ex: dict) -> str:
+    lines = [f"bare all_to_all_single at the same bytes: {ex['bare_s'] * 1e3:.3f} ms, bus {ex['bare_busbw_GBps']:.1f} GB/s"]
+    for mode, v in ex["transports"].items():
+        lines.append(f"{mode:<11} {v['comm_only_s'] * 1e3:8.3f} ms  host issue {v['host_issue_s'] * 1e3:8.3f} ms  "
+                     f"bus {v['busbw_GBps']:7.2f} GB/s  {100 * v['bandwidth_ratio']:6.1f}% of bare")
+    return "\n".join(lines)
+
+
 def table(rep: dict) -> str:
     t = rep["targets"]
     g0 = rep["gemm_per_rank"][0]
@@ -400,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, help="untimed repeats of each measurement (default 3; 1 with --quick)")
     p.add_argument("--repeats", type=int, help="timed repeats, median reported (default 10; 2 with --quick)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny model over gloo")
+    p.add_argument("--exchange-only", action="store_true", help="the exchange section alone (no GEMMs, no runs)")
     args = p.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 10)

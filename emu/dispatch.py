@@ -223,12 +223,34 @@ def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
     return posted
 
 
+def counts_of_rows(rows_MB: torch.Tensor, rows_R: torch.Tensor, first_slot: int, slots: int,
+                   top_k: int) -> torch.Tensor:
+    """[R, X] int64 on the rows' device: what the counts exchange would have told this rank (rows from each
+    source, then its requests per local slot), read from received rows instead. rows_MB: a receive buffer
+    whose first rows_R.sum() rows are every source's rows in rank order (the rest unused); rows_R: [R] int64
+    on the same device. No host synchronization (no boolean indexing, no bincount: both read sizes back)."""
+    ranks, k = rows_R.shape[0], top_k
+    ends_R = torch.cumsum(rows_R, 0)
+    row_M = torch.arange(rows_MB.shape[0], device=rows_MB.device)
+    src_M = torch.bucketize(row_M, ends_R, right=True)  # R past the last received row
+    slot_MK = rows_MB[:, :4 * k].contiguous().view(torch.int32)
+    local_MK = local_slots(slot_MK, first_slot, slots).long()
+    cell_MK = torch.where((local_MK >= 0) & (src_M[:, None] < ranks), src_M[:, None] * slots + local_MK,
+                          ranks * slots)
+    hits = torch.zeros(ranks * slots + 1, dtype=torch.int64, device=rows_MB.device)
+    hits.index_add_(0, cell_MK.reshape(-1), torch.ones_like(cell_MK.reshape(-1)))
+    return torch.cat([rows_R[:, None].long(), hits[:-1].view(ranks, slots)], dim=1)
+
+
 def post_receives(tr: Transport, ex: Exchange) -> list[Pending]:
     """Receiver side of a grouped transport, after post_dispatch (the counts are in; a device-split transport
-    reads them here, its rows already on their way): receive every source's rows."""
+    reads them here, its rows already on their way, or derives them from the rows: `counts_of_rows`):
+    receive every source's rows."""
     assert tr.grouped
     if ex.counts_RX is None:
-        ex.counts_RX = tr.take_counts(tag(ex.key, KIND_COUNTS))
+        s = ex.plan.requests_RS.shape[1]
+        ex.counts_RX = tr.take_counts(tag(ex.key, KIND_COUNTS), lambda rows_MB, rows_R: counts_of_rows(
+            rows_MB, rows_R, tr.rank * s, s, ex.plan.top_k))
     b = ex.row_bytes
     rows_R = ex.counts_RX[:, 0]
     (bufs,), posted = tr.irecv_split([rows_R * b], [tag(ex.key, KIND_PAYLOAD)], ("shard", ex.key))

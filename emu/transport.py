@@ -114,8 +114,9 @@ class Transport(ABC):
     """Shards of one (layer, micro-batch) move as one collective per direction (see the module docstring)."""
     device_splits: bool = False
     """A grouped transport whose collectives take their splits on the device (NVSHMEM): a dispatch moves as
-    soon as it is sent, before the receiver knows its sizes; the counts travel beside it (`post_counts`)
-    and the receiver reads them when it needs them (`take_counts`, then `irecv_split` of those sizes)."""
+    soon as it is sent, before the receiver knows its sizes; the receiver reads the counts when it needs
+    them (`take_counts`, then `irecv_split` of those sizes), sent beside the rows (`post_counts`) or
+    derived from them."""
     _waiting: bool = False
 
     # ---------------------------------------------------------------------------- point to point
@@ -184,8 +185,11 @@ class Transport(ABC):
         """Device-split transports: start the counts exchange of `key` without waiting for it."""
         raise NotImplementedError(f"{self.name}: counts are exchanged synchronously (exchange_counts)")
 
-    def take_counts(self, key: int) -> np.ndarray:
-        """Device-split transports: the counts posted for `key` (recv_RX[src]); waits for them (bounded)."""
+    def take_counts(self, key: int, derive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
+        """Device-split transports: the counts of `key` (recv_RX[src]) as host int64; waits for them (bounded).
+        A transport whose rows carry their own counts calls `derive(rows_MB, rows_R)` (the receive buffer of
+        the key's dispatch and the rows from each source, both on the device) where the rows have landed,
+        instead of sending the counts (`emu.dispatch.counts_of_rows`)."""
         raise NotImplementedError(f"{self.name}: counts are exchanged synchronously (exchange_counts)")
 
     def prepare(self, slots: int, max_rows: int, row_bytes: int, result_row_bytes: int) -> None:

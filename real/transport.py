@@ -10,9 +10,9 @@ are posted:
   mode `p2p`:        one `batch_isend_irecv` of every peer's parts; the own part is copied locally
   mode `nvshmem`:    one NVSHMEM `all_to_all_vdev` from and to symmetric buffers (`real.symm`), the splits
                      on the device: issued as soon as the send side is posted (a device-split transport,
-                     `Transport.device_splits`); the counts travel beside it (`post_counts`) and the
-                     receiver reads them when it computes the shards (`take_counts`), so that host wait
-                     no longer comes before the transfer
+                     `Transport.device_splits`); no counts are sent: the receiver derives them from the
+                     rows where they landed when it computes the shards (`take_counts`), and a combine's
+                     splits are its dispatch's rows per source, which never leave the device
 Receive buffers are one tensor per kind with a region per source in rank order, so a key's shards are
 one contiguous block for the experts. Each phase has its own process group and issues its groups in key
 order; the runtime starts keys in order on every rank (`emu.runtime`), so all ranks call every group's
@@ -23,7 +23,7 @@ stream at the moment of issue (the inputs are complete); a group's `done` event 
 stream-ordered: an operation is reported done once enqueued, and `ready(buffers)` makes the compute
 stream wait for the groups that fill them, so the host never waits for a transfer. The one host
 synchronization per (layer, micro-batch) is the counts exchange: a receiver must know its shard sizes
-before it can post the receives. Tensors of a group stay referenced until its `done` event has passed,
+before it can post the receives (nvshmem: the copy of the derived counts, once the rows are in). Tensors of a group stay referenced until its `done` event has passed,
 so the caching allocator never reuses memory a transfer still reads or writes. On CPUs (gloo) completion
 is observed by the host (`Work.is_completed`), unless `stream_ordered` asks for the GPU's semantics,
 which tests use to check that the runtime calls `ready` before every read.
@@ -132,7 +132,6 @@ class RealTransport(Transport):
         """This transport's collectives are NVSHMEM's; `device_splits` is what the protocol reads."""
         self.device_splits = self.vdev
         self.symm: symm.Buffers | None = None
-        self._counts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pg = groups
         self.mode = mode
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
@@ -171,16 +170,10 @@ class RealTransport(Transport):
             dist.all_to_all_single(recv_t, torch.from_numpy(send), group=self.pg.counts)  # bounded: group timeout
             return recv_t.numpy()
         # the host waits here, the one host synchronization per (layer, micro-batch): the receiver must know
-        # its shard sizes before it posts their receives (a device-split transport waits only in take_counts,
-        # when it computes the shards)
-        self.post_counts(send_RX, key)
-        return self.take_counts(key)
-
-    def post_counts(self, send_RX: np.ndarray, key: int) -> None:
-        """The counts all-to-all on its own stream and communicator, the host not waiting (`take_counts`).
-        Plain copies (pageable memory, each waits for its stream) replace pinned staging and an event poll
-        (4 x H100: 220 us a round trip by `benchmarks/real_host_time.py counts`, the all-to-all alone 61 us);
-        the guards bound the round trip, so a dead peer ends the job instead of hanging it."""
+        # its shard sizes before it posts their receives. The counts all-to-all runs on its own stream and
+        # communicator; plain copies (pageable memory, each waits for its stream) replace pinned staging and an
+        # event poll (4 x H100: 220 us a round trip by `benchmarks/real_host_time.py counts`, the all-to-all
+        # alone 61 us); the guard bounds the round trip, so a dead peer ends the job instead of hanging it
         send = np.ascontiguousarray(send_RX, dtype=np.int64)
         self.issue_log.append(("counts", dp.key_of_tag(key)))
         with torch.cuda.stream(self.streams["counts"]), \
@@ -188,14 +181,25 @@ class RealTransport(Transport):
             send_t = torch.from_numpy(send).to(self.device)  # its own stream: waits for no compute or shard
             recv_t = torch.empty_like(send_t)
             dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
-        self._counts[key] = (send_t, recv_t)
-
-    def take_counts(self, key: int) -> np.ndarray:
-        """The counts posted for `key`: the host waits for the counts stream (by then long done, as a rule)."""
-        _, recv_t = self._counts.pop(key)
-        with torch.cuda.stream(self.streams["counts"]), \
-                self._guarded(f"the counts of exchange {dp.key_of_tag(key)}"):
             return recv_t.cpu().numpy()
+
+    def post_counts(self, send_RX: np.ndarray, key: int) -> None:
+        """nvshmem: nothing to send, the rows carry their counts (`take_counts`)."""
+
+    def take_counts(self, key: int, derive) -> np.ndarray:
+        """nvshmem: the counts of `key` derived from its rows where they landed: on the counts stream, once the
+        key's dispatch is done (that stream waits for its event; the compute stream does not), then one copy
+        to the host, which waits for that stream alone. Replaces a counts all-to-all per exchange (its host
+        work cost as much as the transfer's own)."""
+        k = dp.key_of_tag(key)
+        g = self.groups.get(("dispatch", k))
+        if g is None or not g.issued:
+            raise RuntimeError(f"rank {self.rank}: counts of exchange {k} taken before its dispatch was issued")
+        ph, slot = self.symm.dispatch, k % self.symm.slots
+        stream = self.streams["counts"]
+        stream.wait_event(g.done)
+        with torch.cuda.stream(stream), self._guarded(f"the dispatch rows of exchange {k} (their counts)"):
+            return derive(ph.out[slot], ph.out_so[slot][0]).cpu().numpy()
 
     def prepare(self, slots: int, max_rows: int, row_bytes: int, result_row_bytes: int) -> None:
         """nvshmem: the symmetric buffers (`real.symm`), for the largest rows count any rank asks for."""
@@ -298,7 +302,8 @@ class RealTransport(Transport):
 
     def _vdev(self, g: Group) -> list:
         """One all_to_all_vdev of a group's rows (on the current stream): copied into the slot's symmetric
-        input, the rows per peer to the device (pinned, without blocking), then the op."""
+        input, the rows per peer to the device (a dispatch's from the host, pinned, without blocking; a
+        combine's from its dispatch's rows per source, device to device), then the op."""
         ph, slot = self.symm.of(g.phase), g.key % self.symm.slots  # prepared by the job (Transport.prepare)
         (buf,), (split,) = g.send
         rows_R, rest = np.divmod(split, ph.row_bytes)
@@ -306,7 +311,12 @@ class RealTransport(Transport):
             raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: {split.tolist()} bytes are not whole "
                                f"{ph.row_bytes}-byte rows within the {ph.inp[slot].shape[0]} prepared")
         ph.inp[slot].view(-1)[:buf.numel()].copy_(buf)
-        ph.splits[slot].copy_(host_to(torch.from_numpy(rows_R), self.device), non_blocking=True)
+        if g.phase == "combine":  # results go back where the rows came from: the dispatch's rows per source
+            dispatched = self.groups[("dispatch", g.key)]
+            torch.cuda.current_stream(self.device).wait_event(dispatched.done)
+            ph.splits[slot].copy_(self.symm.dispatch.out_so[slot][0])
+        else:
+            ph.splits[slot].copy_(host_to(torch.from_numpy(rows_R), self.device), non_blocking=True)
         torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot], ph.group)
         self.messages_posted += 1
         return []

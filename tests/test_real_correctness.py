@@ -37,7 +37,8 @@ VARIANTS = {"p2p/host": ("p2p", False), "all_to_all/host": ("all_to_all", False)
             "deferred/stream": ("all_to_all", True)}
 """Transport mode and stream-ordered completion of each variant (GPU ranks are always stream-ordered).
 deferred: all_to_all behind the protocol of a device-split transport (`DeferredCounts`), which the
-`nvshmem` mode is on GPUs: counts posted beside the rows, receives posted when the shards are computed."""
+`nvshmem` mode is on GPUs: receives posted (the counts read) when the shards are computed; here the counts
+are sent beside the rows, where nvshmem derives them from the rows (`emu.dispatch.counts_of_rows`)."""
 GPU_VARIANTS = {"nvshmem/stream": ("nvshmem", True)}
 """GPUs with NVSHMEM only."""
 QUICK_CASES = ("replicate_hot+replicas", "layer-pipeline/chunks")
@@ -179,7 +180,7 @@ def deferred_counts(*args, **kwargs):
         def post_counts(self, send_RX, key):
             self.posted[key] = self.exchange_counts(send_RX, key)
 
-        def take_counts(self, key):
+        def take_counts(self, key, derive):
             return self.posted.pop(key)
 
     return DeferredCounts(*args, **kwargs)
