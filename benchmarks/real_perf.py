@@ -388,7 +388,8 @@ def summarize(b: Bench, gemm: list[dict], exchange: dict, runs: list[dict]) -> d
 
 
 def exchange_table(ex: dict) -> str:
-    lines = [f"bare all_to_all_single at the same bytes: {ex['bare_s'] * 1e3:.3f} ms, bus {ex['bare_busbw_GBps']:.1f} GB/s"]
+    lines = [f"bare all_to_all_single at the same bytes: {ex['bare_s'] * 1e3:.3f} ms, "
+             f"bus {ex['bare_busbw_GBps']:.1f} GB/s"]
     for mode, v in ex["transports"].items():
         lines.append(f"{mode:<11} {v['comm_only_s'] * 1e3:8.3f} ms  host issue {v['host_issue_s'] * 1e3:8.3f} ms  "
                      f"bus {v['busbw_GBps']:7.2f} GB/s  {100 * v['bandwidth_ratio']:6.1f}% of bare")

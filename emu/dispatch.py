@@ -153,8 +153,10 @@ class Exchange:
     hidden: int
     dispatch_dtype: str
     combine_dtype: str
-    counts_RX: np.ndarray | None = None
-    """Grouped transports: each source's counts row for this rank (rows, then requests per local slot)."""
+    rows_from_R: np.ndarray | None = None
+    """Grouped transports: rows each source sends here (from the counts)."""
+    slot_pairs_S: np.ndarray | None = None
+    """Grouped transports: (row, choice) pairs per local slot over every source (from the counts)."""
     sends: list[Pending] = field(default_factory=list)
     result_bufs: dict[int, torch.Tensor] = field(default_factory=dict)
     """Destination rank -> its [rows, V] combine rows (the local one filled without the transport)."""
@@ -194,7 +196,8 @@ def post_dispatch(tr: Transport, ex: Exchange, rows_NB: torch.Tensor) -> list[Pe
         tr.post_counts(plan.counts_RX, tag(key, KIND_COUNTS))
         posted = ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [t], ("sent", key))
     elif tr.grouped:
-        ex.counts_RX = tr.exchange_counts(plan.counts_RX, tag(key, KIND_COUNTS))
+        counts_RX = tr.exchange_counts(plan.counts_RX, tag(key, KIND_COUNTS))
+        ex.rows_from_R, ex.slot_pairs_S = counts_RX[:, 0], counts_RX[:, 1:].sum(axis=0)
         posted = ex.sends = tr.isend_split([rows_NB.reshape(-1)], [rows_R * rows_NB.shape[1]], [t], ("sent", key))
     else:
         # hand-off to the transport: each destination's rows are a contiguous byte range of rows_NB,
@@ -225,21 +228,21 @@ def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
 
 def counts_of_rows(rows_MB: torch.Tensor, rows_R: torch.Tensor, first_slot: int, slots: int,
                    top_k: int) -> torch.Tensor:
-    """[R, X] int64 on the rows' device: what the counts exchange would have told this rank (rows from each
-    source, then its requests per local slot), read from received rows instead. rows_MB: a receive buffer
-    whose first rows_R.sum() rows are every source's rows in rank order (the rest unused); rows_R: [R] int64
-    on the same device. No host synchronization (no boolean indexing, no bincount: both read sizes back)."""
-    ranks, k = rows_R.shape[0], top_k
-    ends_R = torch.cumsum(rows_R, 0)
-    row_M = torch.arange(rows_MB.shape[0], device=rows_MB.device)
-    src_M = torch.bucketize(row_M, ends_R, right=True)  # R past the last received row
-    slot_MK = rows_MB[:, :4 * k].contiguous().view(torch.int32)
-    local_MK = local_slots(slot_MK, first_slot, slots).long()
-    cell_MK = torch.where((local_MK >= 0) & (src_M[:, None] < ranks), src_M[:, None] * slots + local_MK,
-                          ranks * slots)
-    hits = torch.zeros(ranks * slots + 1, dtype=torch.int64, device=rows_MB.device)
-    hits.index_add_(0, cell_MK.reshape(-1), torch.ones_like(cell_MK.reshape(-1)))
-    return torch.cat([rows_R[:, None].long(), hits[:-1].view(ranks, slots)], dim=1)
+    """[R + S] int64 on the rows' device: what a receiver needs of the counts exchange (rows from each source,
+    then (row, choice) pairs per local slot over all sources), read from the rows that landed instead.
+    rows_MB: a receive buffer whose first rows_R.sum() rows are every source's rows (the rest unused);
+    rows_R: [R] int64 on the same device. Seven device operations and no host synchronization (no boolean
+    indexing, no bincount): each one costs the host tens of microseconds on the H100 nodes
+    (`benchmarks/real_perf.py --exchange-only` profiles), and this runs once per (layer, micro-batch)."""
+    c = 4 * top_k
+    meta_MB = rows_MB[:, :c]
+    slot_MK = meta_MB.view(torch.int32) if rows_MB.stride(0) % 4 == 0 else meta_MB.contiguous().view(torch.int32)
+    valid_M1 = torch.arange(rows_MB.shape[0], device=rows_MB.device)[:, None] < rows_R.sum()
+    # local slot s counts at s + 0.5, inside bin s of [0, S); dropped choices, other ranks' slots and the unused
+    # rows (-1) fall outside the range, which histc ignores
+    at_MK = torch.where(valid_M1, slot_MK - (first_slot - 0.5), -1.0)
+    pairs_S = torch.histc(at_MK, bins=slots, min=0, max=slots)
+    return torch.cat([rows_R.long(), pairs_S.long()])
 
 
 def post_receives(tr: Transport, ex: Exchange) -> list[Pending]:
@@ -247,12 +250,13 @@ def post_receives(tr: Transport, ex: Exchange) -> list[Pending]:
     reads them here, its rows already on their way, or derives them from the rows: `counts_of_rows`):
     receive every source's rows."""
     assert tr.grouped
-    if ex.counts_RX is None:
+    if ex.rows_from_R is None:
         s = ex.plan.requests_RS.shape[1]
-        ex.counts_RX = tr.take_counts(tag(ex.key, KIND_COUNTS), lambda rows_MB, rows_R: counts_of_rows(
+        got = tr.take_counts(tag(ex.key, KIND_COUNTS), lambda rows_MB, rows_R: counts_of_rows(
             rows_MB, rows_R, tr.rank * s, s, ex.plan.top_k))
+        ex.rows_from_R, ex.slot_pairs_S = got[:tr.size], got[tr.size:]
     b = ex.row_bytes
-    rows_R = ex.counts_RX[:, 0]
+    rows_R = ex.rows_from_R
     (bufs,), posted = tr.irecv_split([rows_R * b], [tag(ex.key, KIND_PAYLOAD)], ("shard", ex.key))
     for src, flat in bufs.items():  # this rank's own rows too: the collective carries them
         ex.shard_bufs[src] = flat.view(int(rows_R[src]), b)
@@ -283,8 +287,8 @@ def slot_rows(tr: Transport, ex: Exchange, sources: list[int], slots: int) -> np
     """[S] (row, choice) pairs per local slot in the shards of `sources`, for compute_shard: on a grouped
     transport from the counts exchange (no host synchronization on a GPU), on a message transport from
     the rows' meta columns (host buffers) or, for this rank's own rows, from the plan."""
-    if tr.grouped:
-        return ex.counts_RX[sources, 1:].sum(axis=0)
+    if tr.grouped:  # sources: every source that sent rows (a grouped exchange is computed at once)
+        return ex.slot_pairs_S
     k, out = ex.plan.top_k, np.zeros(slots, dtype=np.int64)
     for src in sources:
         if src == tr.rank:

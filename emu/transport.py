@@ -186,7 +186,8 @@ class Transport(ABC):
         raise NotImplementedError(f"{self.name}: counts are exchanged synchronously (exchange_counts)")
 
     def take_counts(self, key: int, derive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
-        """Device-split transports: the counts of `key` (recv_RX[src]) as host int64; waits for them (bounded).
+        """Device-split transports: what the receiver needs of the counts of `key`, as host int64 [R + S]: rows
+        from each source, then (row, choice) pairs per local slot over all sources; waits for them (bounded).
         A transport whose rows carry their own counts calls `derive(rows_MB, rows_R)` (the receive buffer of
         the key's dispatch and the rows from each source, both on the device) where the rows have landed,
         instead of sending the counts (`emu.dispatch.counts_of_rows`)."""

@@ -63,6 +63,8 @@ def blocks_per_peer(ranks: int, *row_bytes: int) -> int:
 class Phase:
     inp: list[torch.Tensor]
     """Per slot [rows, row_bytes] (a view of the slot's flat symmetric buffer)."""
+    inp_B: list[torch.Tensor]
+    """The same memory flat (uint8 [rows x row_bytes]), where the transport copies a group's buffer."""
     out: list[torch.Tensor]
     splits: list[torch.Tensor]
     """[R] int64 rows to each peer (the op's in_splits)."""
@@ -96,6 +98,7 @@ class _Flat:
 
     def phase(self, slots: int, in_rows: int, out_rows: int, width: int, group: str) -> Phase:
         return Phase([t[:in_rows * width].view(in_rows, width) for t in self.inp[:slots]],
+                     [t[:in_rows * width] for t in self.inp[:slots]],
                      [t[:out_rows * width].view(out_rows, width) for t in self.out[:slots]],
                      self.splits[:slots], self.out_so[:slots], group, width)
 

@@ -23,8 +23,9 @@ stream at the moment of issue (the inputs are complete); a group's `done` event 
 stream-ordered: an operation is reported done once enqueued, and `ready(buffers)` makes the compute
 stream wait for the groups that fill them, so the host never waits for a transfer. The one host
 synchronization per (layer, micro-batch) is the counts exchange: a receiver must know its shard sizes
-before it can post the receives (nvshmem: the copy of the derived counts, once the rows are in). Tensors of a group stay referenced until its `done` event has passed,
-so the caching allocator never reuses memory a transfer still reads or writes. On CPUs (gloo) completion
+before it can post the receives (nvshmem: the copy of the derived counts, once the rows are in). Tensors
+of a group stay referenced until its `done` event has passed, so the caching allocator never reuses memory
+a transfer still reads or writes. On CPUs (gloo) completion
 is observed by the host (`Work.is_completed`), unless `stream_ordered` asks for the GPU's semantics,
 which tests use to check that the runtime calls `ready` before every read.
 """
@@ -47,7 +48,7 @@ import torch.distributed as dist
 
 from emu import dispatch as dp
 from emu.faults import report_failure
-from emu.transport import Pending, Transport, WaitTimeout, host_to, poll_until
+from emu.transport import Pending, Transport, WaitTimeout, poll_until
 from moe.errors import RunFailure
 from real import symm
 from real.groups import Groups
@@ -196,10 +197,14 @@ class RealTransport(Transport):
         if g is None or not g.issued:
             raise RuntimeError(f"rank {self.rank}: counts of exchange {k} taken before its dispatch was issued")
         ph, slot = self.symm.dispatch, k % self.symm.slots
-        stream = self.streams["counts"]
+        stream, compute = self.streams["counts"], torch.cuda.current_stream(self.device)
         stream.wait_event(g.done)
-        with torch.cuda.stream(stream), self._guarded(f"the dispatch rows of exchange {k} (their counts)"):
-            return derive(ph.out[slot], ph.out_so[slot][0]).cpu().numpy()
+        torch.cuda.set_stream(stream)
+        try:
+            with self._guarded(f"the dispatch rows of exchange {k} (their counts)"):
+                return derive(ph.out[slot], ph.out_so[slot][0]).cpu().numpy()
+        finally:
+            torch.cuda.set_stream(compute)
 
     def prepare(self, slots: int, max_rows: int, row_bytes: int, result_row_bytes: int) -> None:
         """nvshmem: the symmetric buffers (`real.symm`), for the largest rows count any rank asks for."""
@@ -280,43 +285,46 @@ class RealTransport(Transport):
             if self.mode == "p2p" and g.works:
                 g.works = [_Waiter(g.works)]
         else:
-            stream = self.streams[g.phase]
-            stream.wait_stream(torch.cuda.current_stream(self.device))  # the inputs are complete
-            with torch.cuda.stream(stream):
+            stream, compute = self.streams[g.phase], torch.cuda.current_stream(self.device)
+            stream.wait_stream(compute)  # the inputs are complete
+            torch.cuda.set_stream(stream)  # not torch.cuda.stream(): its bookkeeping costs the host more
+            try:
                 start = None
                 if self.timing is not None:
                     start = torch.cuda.Event(enable_timing=True)
                     start.record(stream)
                 with self._guarded(f"the {g.phase} {self.mode} of exchange {g.key}"):
-                    works = self._vdev(g) if self.vdev else \
+                    works = self._vdev(g, stream) if self.vdev else \
                         self._launch(group, ins, in_splits, outs, out_splits)
                 for w in works:
                     w.wait()  # the phase stream waits for NCCL's stream; the host does not wait
                 g.done = torch.cuda.Event(enable_timing=start is not None)
                 g.done.record(stream)
+            finally:
+                torch.cuda.set_stream(compute)
             if self.timing is not None:
                 self.timing(f"{g.phase}_transfer", g.key, start, g.done)
         g.issued = True
         self.issue_log.append((g.phase, g.key))
         self.in_flight.append(g)
 
-    def _vdev(self, g: Group) -> list:
-        """One all_to_all_vdev of a group's rows (on the current stream): copied into the slot's symmetric
-        input, the rows per peer to the device (a dispatch's from the host, pinned, without blocking; a
-        combine's from its dispatch's rows per source, device to device), then the op."""
+    def _vdev(self, g: Group, stream) -> list:
+        """One all_to_all_vdev of a group's rows on `stream`: copied into the slot's symmetric input, the rows
+        per peer to the device (a dispatch's from the host, pinned, without blocking; a combine's from its
+        dispatch's rows per source, device to device), then the op. Every torch call here costs the host
+        tens of microseconds on the H100 nodes, so there are as few as the op allows."""
         ph, slot = self.symm.of(g.phase), g.key % self.symm.slots  # prepared by the job (Transport.prepare)
         (buf,), (split,) = g.send
         rows_R, rest = np.divmod(split, ph.row_bytes)
         if rest.any() or rows_R.sum() > ph.inp[slot].shape[0]:
             raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: {split.tolist()} bytes are not whole "
                                f"{ph.row_bytes}-byte rows within the {ph.inp[slot].shape[0]} prepared")
-        ph.inp[slot].view(-1)[:buf.numel()].copy_(buf)
+        ph.inp_B[slot][:buf.numel()].copy_(buf)
         if g.phase == "combine":  # results go back where the rows came from: the dispatch's rows per source
-            dispatched = self.groups[("dispatch", g.key)]
-            torch.cuda.current_stream(self.device).wait_event(dispatched.done)
+            stream.wait_event(self.groups[("dispatch", g.key)].done)
             ph.splits[slot].copy_(self.symm.dispatch.out_so[slot][0])
-        else:
-            ph.splits[slot].copy_(host_to(torch.from_numpy(rows_R), self.device), non_blocking=True)
+        else:  # pinned: the copy neither blocks the host nor waits for the stream's earlier work
+            ph.splits[slot].copy_(torch.from_numpy(rows_R).pin_memory(), non_blocking=True)
         torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot], ph.group)
         self.messages_posted += 1
         return []

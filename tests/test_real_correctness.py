@@ -181,7 +181,8 @@ def deferred_counts(*args, **kwargs):
             self.posted[key] = self.exchange_counts(send_RX, key)
 
         def take_counts(self, key, derive):
-            return self.posted.pop(key)
+            counts_RX = self.posted.pop(key)
+            return np.concatenate([counts_RX[:, 0], counts_RX[:, 1:].sum(axis=0)])
 
     return DeferredCounts(*args, **kwargs)
 
