@@ -3,6 +3,7 @@
     torchrun --nproc-per-node 4 benchmarks/real_host_time.py exchange --out results/host_time
     torchrun --nproc-per-node 4 benchmarks/real_host_time.py run SPEC --out results/host_time
     torchrun --nproc-per-node 4 benchmarks/real_host_time.py counts --out results/host_time
+    torchrun --nproc-per-node 4 benchmarks/real_host_time.py ops --out results/host_time
     torchrun --nproc-per-node 2 benchmarks/real_host_time.py exchange --quick --out /tmp/host_time  # CPU, gloo
 
 Wraps the calls below with host timers (time.perf_counter around each call; no synchronization added),
@@ -12,7 +13,10 @@ writes OUT/host_<what>_<rank>.txt: per call, count, median, 90th percentile, max
 second half of the calls (the first half holds warm-up and connection set-up). `counts` times the counts
 round trip alone (`RealTransport.exchange_counts`, COUNTS_CALLS calls of the `paper` grid's row shape)
 against its floor: the same all-to-all of counts already on the device, host waiting for its stream
-("bare_counts_on_device"). On a GPU the host only
+("bare_counts_on_device"). `ops` times single torch calls of the kinds the exchange is made of (OP_CALLS
+each, every rank at once, as in the exchange), and counts the torch calls one exchange makes per transport
+(`torch.overrides.TorchFunctionMode`: tensor functions and methods, views included; stream and event calls
+are not seen): their product is the host time an exchange cannot go below. On a GPU the host only
 enqueues work, so these are the costs the device waits for when the host is the bottleneck.
 """
 
@@ -96,9 +100,66 @@ def time_counts(bench) -> None:
         TIMES.setdefault(label, []).append(time.perf_counter() - start)
 
 
+OP_CALLS = 2000
+
+
+def time_ops(bench) -> dict:
+    """Host seconds per call of the exchange's kinds of torch calls, then torch calls per exchange (docstring)."""
+    import numpy as np
+    import real_perf
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    dev = bench.device
+    x = torch.zeros(4096, 7408, dtype=torch.uint8, device=dev)
+    small = torch.ones(8, dtype=torch.int64, device=dev)
+    host = np.arange(8, dtype=np.int64)
+    side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+    ev = torch.cuda.Event() if side is not None else None
+    calls = {"view": lambda: x.view(-1), "slice": lambda: x[1:3], "empty": lambda: torch.empty(64, device=dev),
+             "add (kernel)": lambda: small.add(1), "cumsum (kernel)": lambda: torch.cumsum(small, 0),
+             "histc (kernel)": lambda: torch.histc(small.float(), bins=4, min=0, max=4),
+             "to host (.cpu)": lambda: small.cpu()}
+    if side is not None:
+        calls.update({"to device (pinned)": lambda: torch.from_numpy(host).pin_memory().to(dev, non_blocking=True),
+                      "current_stream": lambda: torch.cuda.current_stream(dev),
+                      "stream context": lambda: torch.cuda.stream(side).__enter__() or torch.cuda.set_stream(
+                          torch.cuda.default_stream(dev)),
+                      "event record": lambda: ev.record(), "stream wait_event": lambda: side.wait_event(ev)})
+    for name, fn in calls.items():
+        for _ in range(OP_CALLS // 10):
+            fn()
+        bench.sync()
+        for _ in range(OP_CALLS):
+            start = time.perf_counter()
+            fn()
+            TIMES.setdefault(f"op {name}", []).append(time.perf_counter() - start)
+    counts = {}
+
+    class Count(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    plans = real_perf.layer_plans(bench)
+    m, sched = bench.s.model, bench.s.schedule
+    w, v = dp.row_bytes(m.hidden, sched.dispatch_dtype, m.top_k), real_perf.wire_bytes_per_token(m.hidden,
+                                                                                                  sched.combine_dtype)
+    wires = [torch.zeros(len(p.token_N), w, dtype=torch.uint8, device=dev) for p in plans]
+    for mode in real_perf.transports(bench):
+        tr = bench.transport(mode)
+        tr.prepare(len(plans), max(len(p.token_N) for p in plans), w, v)
+        real_perf.exchange_once(bench, tr, plans, wires)
+        with Count() as c:
+            c.n = 0
+            real_perf.exchange_once(bench, tr, plans, wires)
+        counts[mode] = c.n / len(plans)
+    return counts
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("exchange", "run", "counts"))
+    p.add_argument("what", choices=("exchange", "run", "counts", "ops"))
     p.add_argument("spec", nargs="?", help="scenario YAML (run)")
     p.add_argument("--out", required=True, help="folder for the per-rank tables")
     p.add_argument("--quick", action="store_true", help="exchange: the tiny model over gloo (CPU)")
@@ -109,7 +170,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for owner, name in WRAPPED:
         timed(owner, name)
-    if args.what in ("exchange", "counts"):
+    ops = None
+    if args.what in ("exchange", "counts", "ops"):
         import real_perf
 
         bench = real_perf.Bench(argparse.Namespace(quick=args.quick, spec=None, set=[], warmup=3, repeats=10,
@@ -117,6 +179,10 @@ def main() -> int:
         TIMES.clear()  # model building and group set-up are not the exchange's
         if args.what == "exchange":
             real_perf.measure_exchange(bench)
+        elif args.what == "ops":
+            for owner, name in WRAPPED:  # single calls only: the exchange's own calls are counted, not timed
+                setattr(owner, name, getattr(owner, name).__wrapped__)
+            ops = time_ops(bench)
         else:
             time_counts(bench)
         rank = bench.rank
@@ -129,9 +195,11 @@ def main() -> int:
         cli(["run", args.spec, "--backend", "real", "--out", str(out / f"run_{Path(args.spec).stem}")])
         rank = int(os.environ.get("RANK", "0"))
     name = args.what if args.what != "run" else Path(args.spec).stem
-    (out / f"host_{name}_{rank}.txt").write_text(table())
+    text = table() + ("".join(f"torch calls per micro-batch exchange, {mode}: {n:.0f}\n" for mode, n in ops.items())
+                      if ops else "")
+    (out / f"host_{name}_{rank}.txt").write_text(text)
     if rank == 0:
-        print(table())
+        print(text)
     return 0
 
 
