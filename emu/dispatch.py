@@ -22,8 +22,8 @@ destination moves a shard; the receiver keeps the choices whose slot is one of i
                 by a matched probe, which gives its size (no counts round trip before the data moves);
                 grouped transports (NCCL, gloo collectives) exchange counts (rows, and requests per expert
                 slot) first, since a collective's receive sizes must be known, then post_receives;
-                device-split ones (NVSHMEM) send the rows at once and the counts beside them, which
-                post_receives reads when the runtime needs the shards
+                device-split ones (NVSHMEM) send the rows at once; post_receives reads the counts when
+                the runtime needs the shards (sent beside the rows, or derived from them: counts_of_rows)
               post_result_receives: receive every destination's combine results (sizes known: its rows)
   receiver    shard_in: a source's shard is in (message transports: its size gives the rows)
               slot_rows: pairs per local slot (from the counts, or from the rows' meta columns)
@@ -35,7 +35,8 @@ The rows for this rank itself never touch a message transport (they are computed
 buffer directly), but go through the same wire rounding so the result does not depend on placement; a
 grouped transport carries them in its collective like every other part. On a GPU nothing here reads
 device data back to the host: the row and per-slot counts come from the host-side routing plan and the
-counts exchange (grouped transports) or from the received host rows (MPI).
+counts exchange (grouped transports) or from the received host rows (MPI); a device-split transport
+that derives them (counts_of_rows) copies them back once, when the rows are in.
 Tags: tag = key * 4 + kind, key = (step-local layer, micro-batch) index; see `tag`.
 """
 
