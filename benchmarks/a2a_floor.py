@@ -18,6 +18,9 @@ vdev        NVSHMEM `torch.ops.symm_mem.all_to_all_vdev` (PyTorch's device-split
             that 7240-byte rows divide
 vdev_host   vdev, with the host reading each micro-batch's received counts before its combine (what sizing
             the expert GEMM would need)
+vdev_graph  vdev with each micro-batch's dispatch and its combine (splits copy and op) captured as CUDA graphs
+            once, then replayed: one host call per transfer (`vdev_graph_host`: with the host reads); whether
+            the op can be captured at all is recorded (`vdev_graph_error` where it cannot)
 *_dispatch  the dispatch half alone (NCCL and vdev)
 
 Each figure: the median over repeats of the device time from an event recorded after a barrier to the
@@ -139,10 +142,40 @@ class Vdev:
                     self.d_so[m][0].tolist()  # host sync: the rows received
                 self.combine(m)
 
-    def check(self) -> bool:
+    def capture(self) -> None:
+        """One CUDA graph per micro-batch and phase, over the same symmetric buffers (warmed up eagerly first,
+        on the side stream the capture uses)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.run()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.graphs = []
+        for m in range(len(self.d_in)):
+            pair = (torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph())
+            with torch.cuda.graph(pair[0], stream=side, capture_error_mode="thread_local"):
+                self.dispatch(m)
+            with torch.cuda.graph(pair[1], stream=side, capture_error_mode="thread_local"):
+                self.combine(m)
+            self.graphs.append(pair)
+        torch.cuda.synchronize()
+
+    def run_graphs(self, combine: bool = True, host_reads: bool = False) -> None:
+        for d, _ in self.graphs:
+            d.replay()
+        if combine:
+            for m, (_, c) in enumerate(self.graphs):
+                if host_reads:
+                    self.d_so[m][0].tolist()  # host sync: the rows received
+                c.replay()
+
+    def check(self, run=None) -> bool:
         """vdev moves what NCCL moves."""
         self.p.bare()
-        self.run()
+        for t in (*self.d_out, *self.c_out):
+            t.zero_()
+        (run or self.run)()
         torch.cuda.synchronize()
         ok = True
         for m, out in enumerate(self.p.d_out):
@@ -181,6 +214,13 @@ def worker(args) -> int:
         group = dist.group.WORLD if args.group == "world" else dist.new_group()
         v = Vdev(p, group.group_name)
         rep["vdev_equals_nccl"] = v.check()
+        try:
+            v.capture()
+            rep["vdev_graph_equals_nccl"] = v.check(v.run_graphs)
+            runs.update({"vdev_graph": v.run_graphs, "vdev_graph_host": lambda: v.run_graphs(host_reads=True)})
+        except (RuntimeError, torch.cuda.CudaError) as err:  # the op may not be capturable in this build
+            rep["vdev_graph_error"] = str(err).splitlines()[0]
+            torch.cuda.synchronize()
         runs.update({"vdev": v.run, "vdev_host": lambda: v.run(host_reads=True),
                      "vdev_dispatch": lambda: v.run(combine=False)})
     rep["patterns"] = {name: timed(fn, ranks, args.warmup, args.repeats) for name, fn in runs.items()}
@@ -193,7 +233,9 @@ def worker(args) -> int:
     if rank == 0:
         print(f"a2a_floor: {ranks} x {rep['gpu']}, torch {rep['torch']}, {args.micro_batches} x {args.rows} rows "
               f"of {p.b} B out, {p.v} B back; NVSHMEM {rep['nvshmem']}"
-              + (f", vdev equals NCCL: {rep['vdev_equals_nccl']}" if rep["nvshmem"] else ""))
+              + (f", vdev equals NCCL: {rep['vdev_equals_nccl']}" if rep["nvshmem"] else "")
+              + (f", graphs equal NCCL: {rep['vdev_graph_equals_nccl']}" if "vdev_graph_equals_nccl" in rep else "")
+              + (f", graphs failed: {rep['vdev_graph_error']}" if "vdev_graph_error" in rep else ""))
         for name, r in rep["patterns"].items():
             print(f"{name:14s} {r['s'] * 1e3:8.3f} ms  host {r['host_issue_s'] * 1e3:7.3f} ms  "
                   f"bus {r['busbw_GBps']:7.1f} GB/s  {100 * r['vs_bare']:6.1f}% of bare")
