@@ -150,9 +150,6 @@ class RealTransport(Transport):
         self.streams = {p: torch.cuda.Stream(device, priority=-1) for p in ("counts", "dispatch", "combine")} \
             if self.cuda else {}
         self.in_flight: list[Group] = []
-        self.graphs: dict[tuple[str, int], Any] = {}
-        """nvshmem: (phase or "counts", slot) -> "warm" after the first, eager run; then (graph, outputs);
-        "eager" where capture failed (`_graphed`)."""
         self.reset()
 
     def reset(self) -> None:
@@ -206,7 +203,7 @@ class RealTransport(Transport):
         torch.cuda.set_stream(stream)
         try:
             with self._guarded(f"the dispatch rows of exchange {k} (their counts)"):
-                return self._graphed("counts", slot, lambda: derive(ph.out[slot], ph.out_so[slot][0])).cpu().numpy()
+                return derive(ph.out[slot], ph.out_so[slot][0]).cpu().numpy()
         finally:
             torch.cuda.set_stream(compute)
 
@@ -218,37 +215,6 @@ class RealTransport(Transport):
         dist.all_reduce(bound, op=dist.ReduceOp.MAX, group=self.pg.objects)
         self.symm = symm.buffers(self.pg.dispatch, self.pg.combine, self.device, slots, int(bound.item()),
                                  row_bytes, result_row_bytes)
-        self.graphs = {}  # captured over the last job's views
-
-    def _graphed(self, what: str, slot: int, body: Callable[[], Any]) -> Any:
-        """Run `body` (device work on the job's fixed symmetric buffers: the op, its splits, the counts
-        derivation) on the current stream: eagerly the first time, which warms its kernels up, then captured
-        once as a CUDA graph on a side stream and replayed: one host call instead of one per operation
-        (`benchmarks/a2a_floor.py` vdev_graph: the op captured moves what NCCL moves, its host issue time a
-        fifth of the eager op's). Returns body's outputs (a replay rewrites the captured ones in place).
-        Where capture fails, body runs eagerly from then on (said once on stderr)."""
-        state = self.graphs.get((what, slot))
-        if state is None or state == "eager":
-            self.graphs.setdefault((what, slot), "warm")
-            return body()
-        if state == "warm":
-            graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
-            try:
-                with torch.cuda.stream(side):  # nothing runs while capturing: the replay below does
-                    graph.capture_begin(capture_error_mode="thread_local")
-                    try:
-                        out = body()
-                    finally:
-                        graph.capture_end()
-            except RuntimeError as err:
-                print(f"moetb real: rank {self.rank}: nvshmem {what} not captured as a CUDA graph, runs eagerly "
-                      f"({str(err).splitlines()[0]})", file=sys.stderr)
-                self.graphs[(what, slot)] = "eager"
-                return body()
-            state = self.graphs[(what, slot)] = (graph, out)
-        graph, out = state
-        graph.replay()
-        return out
 
     # ------------------------------------------------------------------------------ shard groups
     def _group(self, tags: Sequence[int]) -> Group:
@@ -346,8 +312,8 @@ class RealTransport(Transport):
     def _vdev(self, g: Group, stream) -> list:
         """One all_to_all_vdev of a group's rows on `stream`: copied into the slot's symmetric input, the rows
         per peer to the device (a dispatch's from the host, pinned, without blocking; a combine's from its
-        dispatch's rows per source, device to device), then the op, replayed as a CUDA graph (`_graphed`).
-        Every torch call here costs the host 2-37 us on the H100 nodes (`real_host_time.py ops`)."""
+        dispatch's rows per source, device to device), then the op. Every torch call here costs the host
+        tens of microseconds on the H100 nodes, so there are as few as the op allows."""
         ph, slot = self.symm.of(g.phase), g.key % self.symm.slots  # prepared by the job (Transport.prepare)
         (buf,), (split,) = g.send
         rows_R, rest = np.divmod(split, ph.row_bytes)
@@ -355,18 +321,12 @@ class RealTransport(Transport):
             raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: {split.tolist()} bytes are not whole "
                                f"{ph.row_bytes}-byte rows within the {ph.inp[slot].shape[0]} prepared")
         ph.inp_B[slot][:buf.numel()].copy_(buf)
-
-        def op() -> None:
-            if g.phase == "combine":  # results go back where the rows came from: the dispatch's rows per source
-                ph.splits[slot].copy_(self.symm.dispatch.out_so[slot][0])
-            torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot],
-                                               ph.group)
-
-        if g.phase == "combine":
+        if g.phase == "combine":  # results go back where the rows came from: the dispatch's rows per source
             stream.wait_event(self.groups[("dispatch", g.key)].done)
+            ph.splits[slot].copy_(self.symm.dispatch.out_so[slot][0])
         else:  # pinned: the copy neither blocks the host nor waits for the stream's earlier work
             ph.splits[slot].copy_(torch.from_numpy(rows_R).pin_memory(), non_blocking=True)
-        self._graphed(g.phase, slot, op)
+        torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot], ph.group)
         self.messages_posted += 1
         return []
 
