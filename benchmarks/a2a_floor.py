@@ -18,6 +18,10 @@ vdev        NVSHMEM `torch.ops.symm_mem.all_to_all_vdev` (PyTorch's device-split
             that 7240-byte rows divide
 vdev_host   vdev, with the host reading each micro-batch's received counts before its combine (what sizing
             the expert GEMM would need)
+vdev_copyin vdev with every micro-batch's rows and results first copied into the symmetric inputs (device to
+            device), as the `nvshmem` transport does
+vdev_h2d    vdev with each dispatch's splits first copied from pinned host memory, as the transport does
+vdev_flat   vdev on row buffers that are views of flat uint8 symmetric buffers, as the transport's
 vdev_graph  vdev with each micro-batch's dispatch and its combine (splits copy and op) captured as CUDA graphs
             once, then replayed: one host call per transfer (`vdev_graph_host`: with the host reads); whether
             the op can be captured at all is recorded (`vdev_graph_error` where it cannot)
@@ -102,13 +106,18 @@ class Patterns:
 class Vdev:
     """The same buffers in NVSHMEM symmetric memory, sized for the worst case as the op requires."""
 
-    def __init__(self, p: Patterns, group_name: str):
+    def __init__(self, p: Patterns, group_name: str, flat: bool = False):
+        """flat: the row buffers are views of flat uint8 symmetric buffers, as the transport's (`real.symm`)."""
         from torch.distributed import _symmetric_memory as symm
 
         self.p, self.group = p, group_name
         mbs, n, r, dev = len(p.send), p.args.rows, p.ranks, p.dev
 
         def empty(shape, dtype=torch.uint8):
+            if flat and dtype == torch.uint8:
+                t = symm.empty(shape[0] * shape[1], dtype=dtype, device=dev)
+                symm.rendezvous(t, group=group_name)
+                return t[:shape[0] * shape[1]].view(shape)
             t = symm.empty(shape, dtype=dtype, device=dev)
             symm.rendezvous(t, group=group_name)
             return t
@@ -132,14 +141,20 @@ class Vdev:
         self.c_split[m].copy_(self.d_so[m][0])  # results go back where the rows came from
         self.op(self.c_in[m], self.c_out[m], self.c_split[m], self.c_so[m], self.group)
 
-    def run(self, combine: bool = True, host_reads: bool = False) -> None:
+    def run(self, combine: bool = True, host_reads: bool = False, copy_in: bool = False, h2d: bool = False) -> None:
         mbs = range(len(self.d_in))
         for m in mbs:
+            if copy_in:  # the rows written into the symmetric input first, as the transport does
+                self.d_in[m].copy_(self.p.d_in[m])
+            if h2d:  # the splits copied from pinned host memory first, as the transport does
+                self.split[m].copy_(torch.tensor(self.p.send[m]).pin_memory(), non_blocking=True)
             self.dispatch(m)
         if combine:
             for m in mbs:
                 if host_reads:
                     self.d_so[m][0].tolist()  # host sync: the rows received
+                if copy_in:
+                    self.c_in[m][:self.p.c_in[m].shape[0]].copy_(self.p.c_in[m])
                 self.combine(m)
 
     def capture(self) -> None:
@@ -214,6 +229,9 @@ def worker(args) -> int:
         group = dist.group.WORLD if args.group == "world" else dist.new_group()
         v = Vdev(p, group.group_name)
         rep["vdev_equals_nccl"] = v.check()
+        flat = Vdev(p, group.group_name, flat=True)
+        rep["vdev_flat_equals_nccl"] = flat.check()
+        runs["vdev_flat"] = flat.run
         try:
             v.capture()
             rep["vdev_graph_equals_nccl"] = v.check(v.run_graphs)
@@ -222,6 +240,7 @@ def worker(args) -> int:
             rep["vdev_graph_error"] = str(err).splitlines()[0]
             torch.cuda.synchronize()
         runs.update({"vdev": v.run, "vdev_host": lambda: v.run(host_reads=True),
+                     "vdev_copyin": lambda: v.run(copy_in=True), "vdev_h2d": lambda: v.run(h2d=True),
                      "vdev_dispatch": lambda: v.run(combine=False)})
     rep["patterns"] = {name: timed(fn, ranks, args.warmup, args.repeats) for name, fn in runs.items()}
     for name, r in rep["patterns"].items():
