@@ -335,22 +335,18 @@ def worker(args) -> int:
     b = Bench(args)
     if args.exchange_only:
         exchange = measure_exchange(b)
-        if b.rank == 0:
-            rep = {"benchmark": "real_perf", "section": "exchange", "ranks": b.size, "backend": b.backend,
-                   "machine": torch.cuda.get_device_name() if b.device.type == "cuda" else "cpu",
-                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "exchange": exchange}
-            print(exchange_table(exchange))
-            write_json_atomic(args.out, rep)
-        b.sync()
-        rdist.finish()
-        forget_process_groups()
-        return 0
-    gemm = b.gather(measure_gemm(b))
-    exchange = measure_exchange(b)
-    runs = [run_variant(b, mode, overlap) for mode in transports(b) for overlap in (True, False)]
+        report = {"benchmark": "real_perf", "section": "exchange", "ranks": b.size, "backend": b.backend,
+                  "machine": torch.cuda.get_device_name() if b.device.type == "cuda" else "cpu",
+                  "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "exchange": exchange}
+        text = exchange_table(exchange)
+    else:
+        gemm = b.gather(measure_gemm(b))
+        exchange = measure_exchange(b)
+        runs = [run_variant(b, mode, overlap) for mode in transports(b) for overlap in (True, False)]
+        report = summarize(b, gemm, exchange, runs) if b.rank == 0 else None
+        text = table(report) if report else ""
     if b.rank == 0:
-        report = summarize(b, gemm, exchange, runs)
-        print(table(report))
+        print(text)
         write_json_atomic(args.out, report)
     b.sync()
     rdist.finish()

@@ -31,3 +31,17 @@ def test_quick_run_reports_every_target(tmp_path):
         assert v["bandwidth_ratio"] > 0
     assert rep["targets"]["faster_transport"] in ("p2p", "all_to_all")
     assert "faster transport" in proc.stdout
+
+
+@pytest.mark.slow
+def test_exchange_only_reports_the_exchange_and_its_host_issue_time(tmp_path):
+    out = tmp_path / "exchange.json"
+    proc = subprocess.run([sys.executable, "benchmarks/real_perf.py", "--quick", "--exchange-only", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = json.loads(out.read_text())
+    assert rep["section"] == "exchange" and "runs" not in rep and "gemm_per_rank" not in rep
+    for mode in ("p2p", "all_to_all"):
+        t = rep["exchange"]["transports"][mode]
+        assert 0 < t["host_issue_s"] and 0 < t["comm_only_s"] and t["bandwidth_ratio"] > 0
+    assert "host issue" in proc.stdout
