@@ -24,7 +24,7 @@ fronts come before shards in the loop, since on a GPU the host only enqueues wor
 is the order the device runs it: micro-batch i + 1's front and dispatch are queued before micro-batch
 i's experts, so its transfer overlaps them. Received buffers are read only after `Transport.ready`. A
 device-split transport (NVSHMEM) has its receives posted when the shards are computed: only then does
-the host wait for the counts, which travelled beside the rows.
+the host wait for the counts, which it derives from the rows that landed.
 """
 
 from __future__ import annotations
