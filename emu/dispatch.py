@@ -237,7 +237,10 @@ def counts_of_rows(rows_MB: torch.Tensor, rows_R: torch.Tensor, first_slot: int,
     (`benchmarks/real_perf.py --exchange-only` profiles), and this runs once per (layer, micro-batch)."""
     c = 4 * top_k
     meta_MB = rows_MB[:, :c]
-    slot_MK = meta_MB.view(torch.int32) if rows_MB.stride(0) % 4 == 0 else meta_MB.contiguous().view(torch.int32)
+    if rows_MB.stride(0) % 4:
+        # an int32 view needs rows of whole int32s: a fresh buffer (.contiguous() keeps a one-row slice's stride)
+        meta_MB = torch.empty(meta_MB.shape, dtype=torch.uint8, device=rows_MB.device).copy_(meta_MB)
+    slot_MK = meta_MB.view(torch.int32)
     valid_M1 = torch.arange(rows_MB.shape[0], device=rows_MB.device)[:, None] < rows_R.sum()
     # local slot s counts at s + 0.5, inside bin s of [0, S); dropped choices, other ranks' slots and the unused
     # rows (-1) fall outside the range, which histc ignores
