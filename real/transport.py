@@ -312,8 +312,8 @@ class RealTransport(Transport):
     def _vdev(self, g: Group, stream) -> list:
         """One all_to_all_vdev of a group's rows on `stream`: copied into the slot's symmetric input, the rows
         per peer to the device (a dispatch's from the host, pinned, without blocking; a combine's from its
-        dispatch's rows per source, device to device), then the op. Every torch call here costs the host
-        tens of microseconds on the H100 nodes, so there are as few as the op allows."""
+        dispatch's rows per source, device to device), then the op. A kernel launch or copy costs the host
+        8-37 us on the H100 nodes (`benchmarks/real_host_time.py ops`), so there are as few as the op allows."""
         ph, slot = self.symm.of(g.phase), g.key % self.symm.slots  # prepared by the job (Transport.prepare)
         (buf,), (split,) = g.send
         rows_R, rest = np.divmod(split, ph.row_bytes)
