@@ -98,20 +98,25 @@ def calibrate(profile: Path, specs: list[Path], ranks: int | None = None) -> Non
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=1800)
 
 
-def run_case(gpus: int, case: tuple, profile: str, out: Path) -> dict:
+def report(name: str, rows: dict) -> dict:
+    step = rows["step_time_s"]
+    print(f"{name}: predicted {step['predicted'] * 1e3:.2f} ms, measured {step['measured'] * 1e3:.2f} ms, "
+          f"error {step['rel_error']:+.1%}", file=sys.stderr, flush=True)
+    return {"case": name, **{q: rows[q] for q in ("step_time_s", "moe_layer_s", "host_probe_s") if q in rows}}
+
+
+def run_case(gpus: int, case: tuple, profile: str, out: Path, resume: bool = False) -> dict:
     folder = out / f"g{gpus}-{case[0]}"
     path = folder / "spec.yaml"
+    if resume and (folder / "validate.json").exists():  # measured by an earlier, cut job
+        return report(folder.name, {r["quantity"]: r for r in json.loads((folder / "validate.json").read_text())})
     cmd = [sys.executable, "-m", "moe", "validate", str(path), "--backends", "sim,real", "--ranks", str(gpus),
            "--out", str(folder), "--json"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         print(f"{folder.name}: FAILED\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
         return {"case": folder.name, "error": proc.stderr.strip().splitlines()[-1:]}
-    rows = {r["quantity"]: r for r in json.loads(proc.stdout)["rows"]}
-    step = rows["step_time_s"]
-    print(f"{folder.name}: predicted {step['predicted'] * 1e3:.2f} ms, measured {step['measured'] * 1e3:.2f} ms, "
-          f"error {step['rel_error']:+.1%}", file=sys.stderr, flush=True)
-    return {"case": folder.name, **{q: rows[q] for q in ("step_time_s", "moe_layer_s", "host_probe_s") if q in rows}}
+    return report(folder.name, {r["quantity"]: r for r in json.loads(proc.stdout)["rows"]})
 
 
 def table(rows: list[dict], machine: str) -> str:
@@ -189,6 +194,8 @@ def main() -> int:
                         help="each GPU count's cases predicted with PROFILE-g<G>.yaml (with --calibrate: "
                              "calibrated on that many GPUs; a host's speed may depend on how many ranks run)")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="cases whose folder in --out holds a validate.json (a cut job's) are read, not run again")
     parser.add_argument("--repredict", type=Path, metavar="FOLDER",
                         help="re-predict FOLDER's measured cases with --profile (simulator only) and print the errors")
     parser.add_argument("--host-from-run", action="store_true",
@@ -209,7 +216,8 @@ def main() -> int:
     base = Path(args.profile).resolve()
     profiles = {g: str(base.with_name(f"{base.stem}-g{g}{base.suffix}") if args.per_gpus else base) for g in counts}
     out = Path(args.out)
-    specs = {g: [write_spec(g, case, profiles[g], out) for case in CASES[g]] for g in counts}
+    specs = {g: [write_spec(g, case, profiles[g], out) for case in CASES[g]
+                 if not (args.resume and (out / f"g{g}-{case[0]}" / "validate.json").exists())] for g in counts}
     if args.calibrate and args.per_gpus:
         for g in counts:
             calibrate(Path(profiles[g]), specs[g], g)
@@ -221,7 +229,7 @@ def main() -> int:
     rows = []
     for g in counts:
         for case in CASES[g]:
-            rows.append(run_case(g, case, profiles[g], out))
+            rows.append(run_case(g, case, profiles[g], out, args.resume))
             write_text_atomic(out / "README.md", table(rows, machine))  # a cut job keeps the cases it ran
     print(table(rows, machine))
     return 0 if all("error" not in r for r in rows) else 1

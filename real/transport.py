@@ -181,7 +181,7 @@ class RealTransport(Transport):
                 self._guarded(f"the counts all-to-all of exchange {dp.key_of_tag(key)}"):
             send_t = torch.from_numpy(send).to(self.device)  # its own stream: waits for no compute or shard
             recv_t = torch.empty_like(send_t)
-            dist.all_to_all_single(recv_t, send_t, group=self.pg.counts, async_op=True).wait()
+            dist.all_to_all_single(recv_t, send_t, group=self.pg.counts)  # on the counts stream (see _launch)
             return recv_t.cpu().numpy()
 
     def post_counts(self, send_RX: np.ndarray, key: int) -> None:
@@ -333,9 +333,13 @@ class RealTransport(Transport):
     def _launch(self, group, ins, in_splits, outs, out_splits) -> list:
         """The collectives of one group on the current stream; returns their works."""
         if self.mode == "all_to_all":
+            # on a GPU a synchronous call: torch >= 2.7 launches it on the current stream (the phase stream)
+            # with no side stream, event pair or tensor stash, which an async call and its wait() cost the host
+            # (`real_perf.py --exchange-only`); it does not block the host. gloo: async, completion polled
             self.messages_posted += len(ins)
-            return [dist.all_to_all_single(o, i, so.tolist(), si.tolist(), group=group, async_op=True)
-                    for i, si, o, so in zip(ins, in_splits, outs, out_splits, strict=True)]
+            works = [dist.all_to_all_single(o, i, so.tolist(), si.tolist(), group=group, async_op=not self.cuda)
+                     for i, si, o, so in zip(ins, in_splits, outs, out_splits, strict=True)]
+            return [w for w in works if w is not None]
         in_off = [np.concatenate([[0], np.cumsum(s)]) for s in in_splits]
         out_off = [np.concatenate([[0], np.cumsum(s)]) for s in out_splits]
         ops = []
