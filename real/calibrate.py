@@ -105,7 +105,7 @@ def host_scrub() -> Callable[[], object]:
 
 
 AHEAD_MARGIN_S = 200e-6
-"""Spare device sleep beyond twice the slowest warm-up issue (`cuda_times_s`)."""
+"""Spare device sleep beyond twice the slowest host pass call (`cuda_times_s`)."""
 
 
 @functools.cache
@@ -125,23 +125,21 @@ def _sleep_cycles_per_s() -> float:
 def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
                  before: Callable[[], object] | None = None) -> tuple[float, float]:
     """(device, host) median seconds of fn() after `warmup` calls, in two passes of `repeats` calls:
-    host: each call on an idle GPU, the host clock from the call to its return (issuing its kernels);
-    device: CUDA events around the call queued behind a device sleep longer than twice the slowest warm-up
-    issue plus AHEAD_MARGIN_S, so the kernels run back to back and never wait for the host. An op whose
-    kernels take less than their issue is host-bound; timed on an idle GPU its events would hold this host's
-    issue pace, which the simulator's host model charges apart (`host_s`, scaled per host), so the table
-    keeps the device's own time. A call that synchronizes inside waits out the sleep there: its device time
-    then holds the issue after that point, as on an idle GPU. `before` (host work, e.g. `host_scrub()`) runs
-    untimed before each timed call."""
+    host: each call on an idle GPU after `before` (host work, e.g. `host_scrub()`, untimed), the host clock
+    from the call to its return (issuing its kernels); device: CUDA events around the call queued behind a
+    device sleep of twice the slowest host pass call plus AHEAD_MARGIN_S, so its kernels run back to back
+    and never wait for the host. An op whose kernels take less than their issue is host-bound; timed on an
+    idle GPU its events would hold this host's issue pace, which the simulator's host model charges apart
+    (`host_s`, scaled per host), so the table keeps the device's own time (one H100: 200 small kernels take
+    0.39 ms so against 2.1 ms on an idle GPU, `benchmarks/measured/h100x4-2026-11-27i/`). A call that
+    synchronizes inside waits out the sleep there: its device time then holds the issue after that point,
+    as on an idle GPU."""
     import time
 
     import torch
 
-    issue = []
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
+    for _ in range(warmup):
         fn()
-        issue.append(time.perf_counter() - t0)
     torch.cuda.synchronize()
     host = []
     for _ in range(repeats):
@@ -151,11 +149,9 @@ def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
         fn()
         host.append(time.perf_counter() - t0)
         torch.cuda.synchronize()
-    cycles = int((2 * max(issue + host) + AHEAD_MARGIN_S) * _sleep_cycles_per_s())
+    cycles = int((2 * max(host) + AHEAD_MARGIN_S) * _sleep_cycles_per_s())
     samples = []
     for _ in range(repeats):
-        if before is not None:
-            before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda._sleep(cycles)
         start.record()
