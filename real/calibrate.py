@@ -5,8 +5,8 @@
 What is measured (timing discipline: warm-up, synchronize, CUDA events, median of repeats):
 - the FP8 GEMMs the models run (`moe.model.shapes`: attention projections, dense FFN and routed experts of
   the `paper` and `deepseek-v3` presets, and of the `--scenario` models) at a grid of row counts, through
-  `moe.model.linear.fp8_linear` exactly as the model calls it (device time, host ahead) -> `gemm_table`;
-  every rank measures its own GPU and the median is kept;
+  `moe.model.linear.fp8_linear` exactly as the model calls it -> `gemm_table`; every rank measures its own
+  GPU and the median is kept;
 - HBM bandwidth from a device-to-device copy (bytes read + written) -> `hbm_GBps`;
 - host launch cost of a minimal kernel -> `launch_overhead_us`;
 - NCCL `all_to_all_single` bus bandwidth (busbw = algbw (n-1)/n, nccl-tests' definition) and a
@@ -16,8 +16,7 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
 - the runtime's own operations (moe.model.optable with the emulator runtime's calls, emu.calibrate
   `runtime_ops`, received rows on the device as NCCL leaves them) of every model in MODELS, over the
   token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
-  every rank's tokens at once), by CUDA events with the host ahead of the device (the device's own time,
-  not this host's issue pace: `cuda_times_s`), with the host time of each call (`host_s`: issuing its
+  every rank's tokens at once), by CUDA events, with the host time of each call (`host_s`: issuing its
   kernels, caches cold as in a run: `host_scrub`) -> `op_table` (per_node 0: a GPU per rank; median over
   ranks), and each rank's host time relative to the median rank's -> `host_factors` (the simulator runs
   each GPU's host at one of them). Its `model` keys are per-operation signatures, so `paper` or
@@ -65,26 +64,7 @@ def gemm_shapes(models: Sequence[Model]) -> list[tuple[int, int]]:
 
 
 def cuda_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
-    """Median seconds of fn() by CUDA events, each call on an idle GPU, after `warmup` calls (the NCCL
-    curves: a collective's time includes its peers' arrival, so it is not queued behind a sleep)."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(samples)
-
-
-def device_time_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
-    """Median device seconds of fn() with the host ahead (`cuda_times_s`)."""
+    """Median seconds of fn() by CUDA events, each call on an idle GPU, after `warmup` calls."""
     return cuda_times_s(fn, warmup, repeats)[0]
 
 
@@ -104,36 +84,11 @@ def host_scrub() -> Callable[[], object]:
     return flusher(SCRUB_BYTES)
 
 
-AHEAD_MARGIN_S = 200e-6
-"""Spare device sleep beyond twice the slowest host pass call (`cuda_times_s`)."""
-
-
-@functools.cache
-def _sleep_cycles_per_s() -> float:
-    """Clock cycles per second of `torch.cuda._sleep` on this GPU (one timed 2M-cycle sleep after a warm one)."""
-    import torch
-
-    torch.cuda._sleep(1000)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(2_000_000)
-    end.record()
-    end.synchronize()
-    return 2_000_000 / (start.elapsed_time(end) / 1e3)
-
-
 def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
                  before: Callable[[], object] | None = None) -> tuple[float, float]:
-    """(device, host) median seconds of fn() after `warmup` calls, in two passes of `repeats` calls:
-    host: each call on an idle GPU after `before` (host work, e.g. `host_scrub()`, untimed), the host clock
-    from the call to its return (issuing its kernels); device: CUDA events around the call queued behind a
-    device sleep of twice the slowest host pass call plus AHEAD_MARGIN_S, so its kernels run back to back
-    and never wait for the host. An op whose kernels take less than their issue is host-bound; timed on an
-    idle GPU its events would hold this host's issue pace, which the simulator's host model charges apart
-    (`host_s`, scaled per host), so the table keeps the device's own time (one H100: 200 small kernels take
-    0.39 ms so against 2.1 ms on an idle GPU, `benchmarks/measured/h100x4-2026-11-27i/`). A call that
-    synchronizes inside waits out the sleep there: its device time then holds the issue after that point,
-    as on an idle GPU."""
+    """(device, host) median seconds of fn(), each call on an idle GPU, after `warmup` calls: CUDA events
+    around the call, and the host clock from the call to its return (issuing its kernels). `before`
+    (host work, e.g. `host_scrub()`) runs untimed before each timed call."""
     import time
 
     import torch
@@ -141,21 +96,15 @@ def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    host = []
+    samples, host = [], []
     for _ in range(repeats):
         if before is not None:
             before()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         t0 = time.perf_counter()
         fn()
         host.append(time.perf_counter() - t0)
-        torch.cuda.synchronize()
-    cycles = int((2 * max(host) + AHEAD_MARGIN_S) * _sleep_cycles_per_s())
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(cycles)
-        start.record()
-        fn()
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) / 1e3)
@@ -175,7 +124,7 @@ def measure_gemms(models: Sequence[Model], rows: tuple[int, ...], repeats: int) 
         w = Fp8Weight(*quantize_weight(torch.randn(n, k, device=dev) * 0.02))
         for m in rows:
             x = quantize_act(torch.randn(m, k, device=dev, dtype=torch.bfloat16))
-            t = device_time_s(lambda x=x, w=w: fp8_linear(x, w), warmup=3, repeats=repeats)
+            t = cuda_time_s(lambda x=x, w=w: fp8_linear(x, w), warmup=3, repeats=repeats)
             out.append({"m": m, "k": k, "n": n, "dtype": "fp8", "TFLOPS": round(2 * m * k * n / t / 1e12, 1)})
         del w
     torch.cuda.empty_cache()
@@ -278,7 +227,7 @@ def measure_bf16_peak(repeats: int) -> float:
     import torch
 
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    t = device_time_s(lambda: a @ a, warmup=3, repeats=repeats)
+    t = cuda_time_s(lambda: a @ a, warmup=3, repeats=repeats)
     return 2 * 8192**3 / t / 1e12
 
 
@@ -287,7 +236,7 @@ def measure_hbm_GBps(repeats: int) -> float:
 
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    t = device_time_s(lambda: y.copy_(x), warmup=3, repeats=repeats)
+    t = cuda_time_s(lambda: y.copy_(x), warmup=3, repeats=repeats)
     return 2 * x.numel() / t / 1e9
 
 

@@ -333,9 +333,8 @@ class RealTransport(Transport):
     def _launch(self, group, ins, in_splits, outs, out_splits) -> list:
         """The collectives of one group on the current stream; returns their works."""
         if self.mode == "all_to_all":
-            # on a GPU a synchronous call: torch >= 2.7 launches it on the current stream (the phase stream)
-            # with no side stream, event pair or tensor stash, which an async call and its wait() cost the host
-            # (`real_perf.py --exchange-only`); it does not block the host. gloo: async, completion polled
+            # GPU: synchronous, launched on the current (phase) stream without a side stream or event pair
+            # (torch >= 2.7, pytorch/pytorch#150398), not blocking the host. gloo: async, completion polled
             self.messages_posted += len(ins)
             works = [dist.all_to_all_single(o, i, so.tolist(), si.tolist(), group=group, async_op=not self.cuda)
                      for i, si, o, so in zip(ins, in_splits, outs, out_splits, strict=True)]

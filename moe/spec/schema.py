@@ -98,10 +98,8 @@ class CurvePoint(Section):
 class OpPoint(Section):
     """One measured operation of the runtime (moe.model.optable): `op` on `tokens` tokens (rows for
     `expert`) with `context` keys per sequence (attention; 0 elsewhere) took `s` seconds, for the model
-    dims named by `model` (moe.model.shapes.op_signature); on a GPU `s` is the device's own time, its kernels
-    queued ahead of it (real.calibrate.cuda_times_s), so a host-bound op's issue is in `host_s` only.
-    `per_node`: ranks that shared the node's cores while it was measured (CPU calibration); 0 when ranks
-    do not share a device (GPUs)."""
+    dims named by `model` (moe.model.shapes.op_signature). `per_node`: ranks that shared the node's cores
+    while it was measured (CPU calibration); 0 when ranks do not share a device (GPUs)."""
 
     op: Text
     model: Text
