@@ -11,7 +11,8 @@ one markdown table of step-time errors (OUT/README.md) with the card and date. `
     python benchmarks/validation_grid.py --repredict experiments/validation/h100x4-c --profile OTHER.yaml
 
 re-predicts a grid's measured cases with another profile (no GPU: the simulator only), so that two
-calibrations can be compared on the same measurements.
+calibrations can be compared on the same measurements. `--resume` reads the cases a cut job already
+measured (their validate.json) and runs the rest.
 
 The grid spans what issue 7 asks: tokens per GPU 256..8192, overlap on and off, uniform and zipf routing,
 `paper` (7168 -> 18432 -> 7168) and `deepseek-v3` (7168 -> 2048 -> 7168) experts, E = G and E > G, on 4, 2
