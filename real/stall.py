@@ -7,6 +7,9 @@ would hang the rank there. `guard(what, timeout_s, on_stall)` marks such a call;
 process watches the marks and calls `on_stall(what)` (report, then abort: `RealTransport.stalled`) when a
 call has not returned within its timeout. The library releases the interpreter lock while it blocks, so
 the watcher runs. Cost per guarded call: a dictionary insert and delete.
+The other threads the GPU transport (`real.transport`) runs beside such a library: `Waiter`, which waits for
+gloo's point-to-point works so that the host can poll them, and the abort of NCCL's communicators on the way
+out (`abort_nccl`).
 """
 
 from __future__ import annotations
@@ -52,3 +55,43 @@ def guard(what: str, timeout_s: float, on_stall: Callable[[str], None]) -> Itera
     finally:
         with _lock:
             _marks.pop(ident, None)
+
+
+ABORT_GRACE_S = 5.0
+
+
+def abort_nccl() -> None:
+    """Abort every NCCL communicator of this process (torch's private hook; absent in some versions)."""
+    try:
+        import torch.distributed as dist
+
+        dist.distributed_c10d._abort_process_group()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+
+
+class Waiter:
+    """gloo's point-to-point works report completion only from `wait()`: a thread waits for them, so the host
+    observes their completion as it does a collective's."""
+
+    def __init__(self, works: list):
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        threading.Thread(target=self._wait, args=(works,), daemon=True).start()
+
+    def _wait(self, works: list) -> None:
+        try:
+            for w in works:
+                w.wait()  # bounded by the group's timeout
+        except BaseException as err:  # noqa: B902 - handed to the rank's thread by wait()
+            self.error = err
+        finally:
+            self.finished.set()
+
+    def is_completed(self) -> bool:
+        return self.finished.is_set()
+
+    def wait(self) -> None:
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error

@@ -52,48 +52,10 @@ from emu.transport import Pending, Transport, WaitTimeout, poll_until
 from moe.errors import RunFailure
 from real import symm
 from real.groups import Groups
-from real.stall import guard
+from real.stall import ABORT_GRACE_S, Waiter, abort_nccl, guard
 
 PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_RESULT: "combine"}
 MODES = ("p2p", "all_to_all", "nvshmem")
-
-
-ABORT_GRACE_S = 5.0
-
-
-def _abort_nccl() -> None:
-    """Abort every NCCL communicator of this process (torch's private hook; absent in some versions)."""
-    try:
-        dist.distributed_c10d._abort_process_group()
-    except Exception:  # noqa: BLE001 - best effort on the way out
-        pass
-
-
-class _Waiter:
-    """gloo's point-to-point works report completion only from `wait()`: a thread waits for them, so the host
-    observes their completion as it does a collective's."""
-
-    def __init__(self, works: list):
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-        threading.Thread(target=self._wait, args=(works,), daemon=True).start()
-
-    def _wait(self, works: list) -> None:
-        try:
-            for w in works:
-                w.wait()  # bounded by the group's timeout
-        except BaseException as err:  # noqa: B902 - handed to the rank's thread by wait()
-            self.error = err
-        finally:
-            self.finished.set()
-
-    def is_completed(self) -> bool:
-        return self.finished.is_set()
-
-    def wait(self) -> None:
-        self.finished.wait()
-        if self.error is not None:
-            raise self.error
 
 
 @dataclass(eq=False)
@@ -284,7 +246,7 @@ class RealTransport(Transport):
         if not self.cuda:
             g.works = self._launch(group, ins, in_splits, outs, out_splits)
             if self.mode == "p2p" and g.works:
-                g.works = [_Waiter(g.works)]
+                g.works = [Waiter(g.works)]
         else:
             stream, compute = self.streams[g.phase], torch.cuda.current_stream(self.device)
             stream.wait_stream(compute)  # the inputs are complete
@@ -457,7 +419,7 @@ class RealTransport(Transport):
         sys.stderr.flush()
         sys.stdout.flush()
         if self.cuda:
-            aborter = threading.Thread(target=_abort_nccl, daemon=True)
+            aborter = threading.Thread(target=abort_nccl, daemon=True)
             aborter.start()
             aborter.join(ABORT_GRACE_S)
         os._exit(code)
