@@ -33,7 +33,15 @@ class Op(IntEnum):
     SETUP = 10
     """The runtime's per-step setup (building the step's KV caches), once at the start of a step."""
     HOST = 11
-    """The compute stream idle until the host has issued the task's work (sim.executor's host model)."""
+    """The compute stream idle until the host has issued a MoE layer's front: the gate, the dispatch's planning
+    and the exchange's bookkeeping (sim.executor's host model). The same wait for the other tasks has the
+    task's own kind below, so that the breakdown counts it in that task's phase, as the real backend's CUDA
+    events count a host-bound call's issue in its span."""
+    HOST_ATTENTION = 12
+    HOST_DENSE = 13
+    HOST_EXPERT = 14
+    """Routed and shared experts."""
+    HOST_COMBINE = 15
 
 
 COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_EXPERT, Op.EXPERT, Op.PACK,

@@ -25,7 +25,8 @@ Switches, as the runtime reads them:
 The host (sim.costs' host model): each GPU's host issues the tasks in the order its stream runs them, each
 taking its issue cost (`LayerCosts.host_*`, `ExpertWork.host_G`, times its `StepPlan.host_factor_G`) from
 the end of the previous one; a task's work on the stream cannot end before its issue, and the stream
-idles (Op.HOST) until then. Without the host model the costs are 0 and the host always keeps up.
+idles until then (Op.HOST for a MoE front, else the task's own HOST_ kind). Without the host model the
+costs are 0 and the host always keeps up.
 Dispatch and combine are collectives over every GPU: one starts at the latest GPU's ready time, once
 every comm engine is free, plus its sync; each GPU's part then takes its solved offsets (sim.network).
 SimPy events per GPU per layer and micro-batch: one per task that takes time, and a wake-up when a
@@ -204,14 +205,15 @@ class Executor:
                 t += dur
         return t
 
-    def _issued(self, st: _GpuState, layer: int, mb: int, t: float, host_s: float) -> float:
+    def _issued(self, st: _GpuState, layer: int, mb: int, t: float, host_s: float, wait: Op) -> float:
         """The host issues a task's work, taking host_s from the end of its previous issue (it runs ahead of
         the device and never waits for it); the stream's work on it, ending at t, cannot end before: the
-        stream then idles (Op.HOST) until the host is done. Returns when the task ends on the stream."""
+        stream then idles (`wait`, the task's Op.HOST kind) until the host is done. Returns when the task
+        ends on the stream."""
         st.host_t += host_s * st.host_factor
         if st.host_t <= t:
             return t
-        self._add((st.g, layer, mb, int(Op.HOST), t, st.host_t))
+        self._add((st.g, layer, mb, int(wait), t, st.host_t))
         return st.host_t
 
     def _shard_task(self, g: int, ex: _Ex, now: float, first: bool):
@@ -269,7 +271,7 @@ class Executor:
                                   [(int(Op.EXPERT), dur + (0.0 if e.issued else self.fixed[e.pattern][st.g]))])
                 if not e.issued:  # the key's shard: its fixed work and the host's loop, once
                     e.issued = True
-                    end = self._issued(st, e.layer, e.mb, end, self.host_expert[e.pattern][st.g])
+                    end = self._issued(st, e.layer, e.mb, end, self.host_expert[e.pattern][st.g], Op.HOST_EXPERT)
                 if final:
                     e.done = True
                     self._join(e.layer, e.mb, Op.COMBINE, e.pattern, self.plan.combine[e.pattern], end)
@@ -285,7 +287,7 @@ class Executor:
                 if c is not None and c + self.c_last[e.pattern][st.g] <= now:
                     cost = self.plan.costs[i]
                     end = self._spans(st.g, e.layer, i, now, [(int(Op.COMBINE_SUM), cost.combine_sum_s)])
-                    st.busy_until = self._issued(st, e.layer, i, end, cost.host_combine_s)
+                    st.busy_until = self._issued(st, e.layer, i, end, cost.host_combine_s, Op.HOST_COMBINE)
                     st.ex_of[i] = None
                     st.layer[i] += 1
                     return True
@@ -315,22 +317,22 @@ class Executor:
         plan, g, li = self.plan, st.g, st.layer[i]
         c, tp = plan.costs[i], int(Op.ATTENTION_TP)
         t = self._spans(g, li, i, now, [(int(Op.ATTENTION), c.attention_s), (tp, c.attention_tp_comm_s)])
-        t = self._issued(st, li, i, t, c.host_attention_s)
+        t = self._issued(st, li, i, t, c.host_attention_s, Op.HOST_ATTENTION)
         st.att_done[i] = li
         p = plan.moe_layer_pattern[li]
         if p < 0:
             t = self._spans(g, li, i, t, [(int(Op.DENSE_FFN), c.dense_ffn_s), (tp, c.attention_tp_comm_s)])
-            st.busy_until = self._issued(st, li, i, t, c.host_dense_s)
+            st.busy_until = self._issued(st, li, i, t, c.host_dense_s, Op.HOST_DENSE)
             st.layer[i] += 1
             return True
         post = self._spans(g, li, i, t, [(int(Op.GATE), c.gate_s), (int(Op.PACK), c.pack_s)])
         # planned and posted (the exchange's bookkeeping): the GPU joins the dispatch
-        post = self._issued(st, li, i, post, c.host_front_s + c.host_exchange_s)
+        post = self._issued(st, li, i, post, c.host_front_s + c.host_exchange_s, Op.HOST)
         self._join(li, i, Op.DISPATCH, p, plan.dispatch[p], post)
         st.ex_of[i] = _Ex(li, i, p, post, local=plan.runtime == "messages" and self.local[p] is not None)
         st.next_key = (li - st.first_moe) * plan.micro_batches + i + 1
         t = self._spans(g, li, i, post, [(int(Op.SHARED_EXPERT), c.shared_expert_s)])
-        st.busy_until = self._issued(st, li, i, t, c.host_shared_s)
+        st.busy_until = self._issued(st, li, i, t, c.host_shared_s, Op.HOST_EXPERT)
         return True
 
     def _gpu(self, g: int):

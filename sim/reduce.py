@@ -7,8 +7,10 @@ Definitions (per MoE layer means, on the critical GPU = the one that finishes la
   where a layer ends when its last op or collective part ends on any GPU;
 - breakdown: summed span durations of the critical GPU over MoE layers and micro-batches / MoE layers
   (expert_s includes the shared expert; dispatch_s is the packing plus its part of each dispatch
-  collective, sync included, plus the stream's waits for its host (Op.HOST, host model: mostly the
-  dispatch's planning and bookkeeping); combine_s the same for the combine and its sum into the tokens);
+  collective, sync included; combine_s the same for the combine and its sum into the tokens; in the host
+  model each phase also holds the stream's waits for the host to issue its tasks (Op.HOST: the front's
+  gate, planning and bookkeeping, counted in dispatch_s; HOST_ATTENTION, HOST_EXPERT, HOST_COMBINE), as a
+  real run's CUDA events hold a host-bound call's issue);
   exposed_comm_s: time in the MoE layers when its compute stream is idle (waiting for data or for a
   collective) / MoE layers;
 - max_link: the link busy longest per MoE layer (bytes / capacity, dispatch + combine of every
@@ -94,10 +96,11 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
             timing = (plan.dispatch if c.op == Op.DISPATCH else plan.combine)[c.pattern]
             comm[c.op] += timing.sync_s + float(timing.done_G[critical])
         busy = float(np.clip(np.minimum(cols["end"][mine], w1) - np.maximum(cols["start"][mine], w0), 0, None).sum())
-        breakdown = Breakdown(attention_s=total(Op.ATTENTION, Op.ATTENTION_TP), gate_s=total(Op.GATE),
+        breakdown = Breakdown(attention_s=total(Op.ATTENTION, Op.ATTENTION_TP, Op.HOST_ATTENTION),
+                              gate_s=total(Op.GATE),
                               dispatch_s=comm[Op.DISPATCH] / n_moe + total(Op.PACK, Op.HOST),
-                              expert_s=total(Op.EXPERT, Op.SHARED_EXPERT),
-                              combine_s=comm[Op.COMBINE] / n_moe + total(Op.COMBINE_SUM),
+                              expert_s=total(Op.EXPERT, Op.SHARED_EXPERT, Op.HOST_EXPERT),
+                              combine_s=comm[Op.COMBINE] / n_moe + total(Op.COMBINE_SUM, Op.HOST_COMBINE),
                               exposed_comm_s=max(w1 - w0 - busy, 0.0) / n_moe)
     link_bytes = _link_bytes_per_moe_layer(plan)
     max_link, max_link_bytes, max_link_busy = "", 0.0, 0.0

@@ -130,6 +130,11 @@ def test_a_host_bound_step_takes_the_hosts_time_and_a_device_bound_one_hides_it(
     assert r_slow.step_time_s == pytest.approx(host_total, rel=1e-3)
     assert r_fast.step_time_s < 0.2 * r_slow.step_time_s
     assert r_slow.breakdown.dispatch_s > r_fast.breakdown.dispatch_s  # the stream's idle time is counted
+    # each wait counts in the phase of the task it issues, as a real run's CUDA events count it
+    mbs = len(plan.costs)
+    assert r_slow.breakdown.attention_s == pytest.approx(mbs * c.host_attention_s, rel=1e-3)
+    assert r_slow.breakdown.expert_s == pytest.approx(mbs * (c.host_shared_s + float(plan.expert[0].host_G[0])),
+                                                      rel=1e-3)
 
 
 def test_one_gpu_step_is_the_sum_of_the_measured_operations():
