@@ -81,6 +81,12 @@ def spec(gpus: int, case: tuple, profile: str) -> dict:
     }
 
 
+def portable(path: Path) -> str:
+    """A profile path as the specs name it: from the repository root (where `moetb` runs) when it lies
+    inside, so that a committed grid's specs work in any checkout."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def write_spec(gpus: int, case: tuple, profile: str, out: Path) -> Path:
     folder = out / f"g{gpus}-{case[0]}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -154,11 +160,15 @@ def run_host_factors(real: dict, calibrated_probe_s: float) -> list[float] | Non
     return [round(p / calibrated_probe_s, 3) for p in probes]
 
 
-def repredict(folder: Path, profile: str, host_from_run: bool = False) -> str:
+PHASES = ("attention_s", "dispatch_s", "expert_s", "combine_s")
+
+
+def repredict(folder: Path, profile: str, host_from_run: bool = False, phases: bool = False) -> str:
     """Step-time errors of the simulator with `profile` against the measurements in `folder`. With
     `host_from_run`, each case's ranks get the host speeds its run's host probe measured (`host_factors`
     = run probe / calibration probe, per rank) instead of the calibration's: a diagnosis of how much of an
-    error is the host's drift between calibration and run, not a prediction (it needs the run)."""
+    error is the host's drift between calibration and run, not a prediction (it needs the run). With
+    `phases`, each case's MoE-layer phases follow, predicted / measured ms (Result.breakdown)."""
     from moe.spec.loader import build_scenario
     from sim.backend import run as sim_run
 
@@ -172,11 +182,13 @@ def repredict(folder: Path, profile: str, host_from_run: bool = False) -> str:
         factors = run_host_factors(real, calibrated) if host_from_run else None
         if factors:
             spec["cluster"]["host_factors"] = factors
-        predicted = sim_run(build_scenario(spec)).result.step_time_s
-        measured = real["step_time_s"]
+        sim = sim_run(build_scenario(spec)).result
+        predicted, measured = sim.step_time_s, real["step_time_s"]
         errs.append(predicted / measured - 1)
         lines.append(f"{case.name:30s} {predicted * 1e3:12.2f} {measured * 1e3:12.2f} {errs[-1]:+7.1%}"
-                     + (f"  {factors}" if factors else ""))
+                     + (f"  {factors}" if factors else "")
+                     + ("".join(f"  {k[:-2]} {getattr(sim.breakdown, k) * 1e3:.2f}/{real['breakdown'][k] * 1e3:.2f}"
+                                for k in PHASES) if phases else ""))
     a = [abs(e) for e in errs]
     lines.append(f"{len(a)} cases: median |error| {statistics.median(a):.1%}, max {max(a):.1%}, "
                  f"within 10%: {sum(e <= 0.1 for e in a)}")
@@ -199,14 +211,16 @@ def main() -> int:
                         help="cases whose folder in --out holds a validate.json (a cut job's) are read, not run again")
     parser.add_argument("--repredict", type=Path, metavar="FOLDER",
                         help="re-predict FOLDER's measured cases with --profile (simulator only) and print the errors")
+    parser.add_argument("--phases", action="store_true",
+                        help="with --repredict: each case's MoE-layer phases too, predicted / measured ms")
     parser.add_argument("--host-from-run", action="store_true",
                         help="with --repredict: each rank's host speed from the run's host probe against the "
                              "profile's (a diagnosis of host drift, not a prediction)")
     args = parser.parse_args()
-    if args.host_from_run and not args.repredict:
-        parser.error("--host-from-run goes with --repredict FOLDER")
+    if (args.host_from_run or args.phases) and not args.repredict:
+        parser.error("--host-from-run and --phases go with --repredict FOLDER")
     if args.repredict:
-        print(repredict(args.repredict, str(Path(args.profile).resolve()), args.host_from_run))
+        print(repredict(args.repredict, str(Path(args.profile).resolve()), args.host_from_run, args.phases))
         return 0
     counts = [int(g) for g in args.gpus.split(",")]
     if args.list:
@@ -215,7 +229,8 @@ def main() -> int:
                 print(f"g{g}-{case[0]}")
         return 0
     base = Path(args.profile).resolve()
-    profiles = {g: str(base.with_name(f"{base.stem}-g{g}{base.suffix}") if args.per_gpus else base) for g in counts}
+    profiles = {g: portable(base.with_name(f"{base.stem}-g{g}{base.suffix}") if args.per_gpus else base)
+                for g in counts}
     out = Path(args.out)
     specs = {g: [write_spec(g, case, profiles[g], out) for case in CASES[g]
                  if not (args.resume and (out / f"g{g}-{case[0]}" / "validate.json").exists())] for g in counts}

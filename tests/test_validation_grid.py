@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from validation_grid import CASES, run_case  # noqa: E402
+from validation_grid import CASES, portable, run_case  # noqa: E402
 
 
 def rows(predicted: float, measured: float) -> list[dict]:
@@ -26,3 +26,8 @@ def test_resume_reads_a_measured_case_and_runs_no_other(tmp_path):
     got = run_case(4, case, "unused.yaml", tmp_path, resume=True)
     assert got["case"] == done.name
     assert abs(got["step_time_s"]["rel_error"] - 0.1) < 1e-12
+
+
+def test_specs_name_a_profile_inside_the_checkout_from_its_root(tmp_path):
+    assert portable(ROOT / "experiments" / "profiles" / "p.yaml") == "experiments/profiles/p.yaml"
+    assert portable(tmp_path / "p.yaml") == str(tmp_path / "p.yaml")
