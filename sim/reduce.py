@@ -2,7 +2,9 @@
 
 Shape letters: G GPUs, L links, S solution segments, C arrival chunks.
 
-Definitions (per MoE layer means, on the critical GPU = the one that finishes last):
+Definitions (per MoE layer means; the critical GPU is the one with the most time on its compute stream,
+host waits included: the straggler the others wait for, as the emulator's and the real backend's critical
+rank is the one with the most time computing, emu.report):
 - moe_layer_s: (end of the last MoE layer - end of the layer before the first MoE layer) / MoE layers,
   where a layer ends when its last op or collective part ends on any GPU;
 - breakdown: summed span durations of the critical GPU over MoE layers and micro-batches / MoE layers
@@ -68,6 +70,13 @@ def _link_bytes_per_moe_layer(plan: StepPlan) -> np.ndarray:
     return np.mean([per_pattern[p] for p in moe], axis=0)
 
 
+def critical_gpu(record: StepRecord, cols: dict[str, np.ndarray], gpus: int) -> int:
+    """The GPU with the most compute-stream time (module docstring); the last to finish where none ran."""
+    if not len(cols["gpu"]):
+        return int(np.argmax(record.gpu_end)) if record.gpu_end else 0
+    return int(np.argmax(np.bincount(cols["gpu"], weights=cols["end"] - cols["start"], minlength=gpus)))
+
+
 def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: dict, spec_hash: str,
                   machine: str) -> Result:
     cols = record.spans.columns()
@@ -76,7 +85,7 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
     moe_layers = [i for i, p in enumerate(plan.moe_layer_pattern) if p >= 0]
     n_moe = max(len(moe_layers), 1)
     ends = _layer_ends(plan, record, cols)
-    critical = int(np.argmax(record.gpu_end)) if record.gpu_end else 0
+    critical = critical_gpu(record, cols, gpus)
     breakdown = Breakdown()
     moe_layer_s = 0.0
     if moe_layers:
@@ -146,11 +155,11 @@ def _extra(plan: StepPlan, record: StepRecord, facts: StepFacts, link_bytes: np.
 def reduce_trace(plan: StepPlan, record: StepRecord, facts: StepFacts, gpus_per_node: int,
                  link_timeline: bool = True) -> Trace:
     """Compute and comm lanes for a few GPUs; utilisation counters of the busiest links."""
-    critical = int(np.argmax(record.gpu_end)) if record.gpu_end else 0
+    cols = record.spans.columns()
+    critical = critical_gpu(record, cols, plan.gpus)
     shown = sorted(set(range(min(TRACE_GPUS, plan.gpus))) | {critical})
     trace = Trace(rank_names={g: f"GPU {g} (node {g // gpus_per_node}, local {g % gpus_per_node})"
                               + (" critical" if g == critical else "") for g in shown})
-    cols = record.spans.columns()
     for i in np.flatnonzero(np.isin(cols["gpu"], shown)):
         op = Op(int(cols["op"][i]))
         trace.spans.append(Span(rank=int(cols["gpu"][i]), lane="compute", name=NAMES[op],

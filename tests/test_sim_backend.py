@@ -15,7 +15,8 @@ from moe.spec import sizes
 from moe.spec.loader import build_scenario
 from moe.topology import build_topology
 from moe.traffic import compute_traffic
-from sim.backend import run
+from sim.backend import run, simulate
+from sim.events import Op
 
 
 def small(**sections):
@@ -45,6 +46,24 @@ def test_result_fields_are_consistent():
     assert r.kv_cache_bytes_per_token == sizes.kv_cache_bytes_per_token(s.model)
     assert r.peak_memory_bytes_per_gpu == sizes.memory_per_gpu(s, 1)["total_bytes"]
     assert r.extra["critical_gpu"] in range(g)
+
+
+def test_breakdown_is_the_busiest_gpus_as_the_runtimes_critical_rank():
+    """Skewed routing without overlap: every GPU ends the step at about the same time (the collectives join
+    them), but the one holding the hot expert computes longest; the breakdown is its (emu.report's critical
+    rank: the most time computing), not that of whichever GPU happens to finish last."""
+    s = small(workload={"routing": {"distribution": "zipf", "skew": 1.2}},
+              schedule={"overlap": False, "micro_batches": 1})
+    _, [(_, record, _, _)] = simulate(s)
+    cols = record.spans.columns()
+    busy_G = np.bincount(cols["gpu"], weights=cols["end"] - cols["start"], minlength=s.cluster.gpus)
+    expert = cols["op"] == int(Op.EXPERT)
+    expert_G = np.bincount(cols["gpu"][expert], weights=(cols["end"] - cols["start"])[expert],
+                           minlength=s.cluster.gpus)
+    assert expert_G.max() > 1.2 * expert_G.min()  # the skew makes one GPU the straggler
+    critical = run(s).result.extra["critical_gpu"]
+    assert critical == int(np.argmax(busy_G))
+    assert record.gpu_end[critical] <= max(record.gpu_end)
 
 
 def test_bytes_are_conserved_between_traffic_and_result():
