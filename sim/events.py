@@ -42,8 +42,14 @@ class Op(IntEnum):
     HOST_EXPERT = 14
     """Routed and shared experts."""
     HOST_COMBINE = 15
+    WAIT_DISPATCH = 16
+    """The compute stream idle, nothing else to run, until a micro-batch's shards land (the dispatch may not
+    have started yet): the runtimes' blocked wait for shards."""
+    WAIT_COMBINE = 17
+    """The same until a micro-batch's results are all back."""
 
 
+WAIT_OPS = (Op.WAIT_DISPATCH, Op.WAIT_COMBINE)
 COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_EXPERT, Op.EXPERT, Op.PACK,
                Op.COMBINE_SUM, Op.SETUP)
 NAMES = {op: op.name.lower() for op in Op}

@@ -27,6 +27,8 @@ taking its issue cost (`LayerCosts.host_*`, `ExpertWork.host_G`, times its `Step
 the end of the previous one; a task's work on the stream cannot end before its issue, and the stream
 idles until then (Op.HOST for a MoE front, else the task's own HOST_ kind). Without the host model the
 costs are 0 and the host always keeps up.
+When nothing is runnable the stream sleeps until something lands, and that wait is recorded against the
+exchange it waits for (Op.WAIT_DISPATCH / WAIT_COMBINE, the runtimes' blocked waits).
 Dispatch and combine are collectives over every GPU: one starts at the latest GPU's ready time, once
 every comm engine is free, plus its sync; each GPU's part then takes its solved offsets (sim.network).
 SimPy events per GPU per layer and micro-batch: one per task that takes time, and a wake-up when a
@@ -242,21 +244,25 @@ class Executor:
             ex.local = False
         return dur, ex.chunk == chunks and not ex.local
 
-    def _next_time(self, g: int, exs: list[_Ex]) -> float:
-        """The earliest known future instant at which something of this GPU lands."""
-        t = math.inf
+    def _next_time(self, g: int, exs: list[_Ex]) -> tuple[float, _Ex | None]:
+        """The earliest known future instant at which something of this GPU lands, and the exchange it
+        belongs to (without one: the earliest exchange in flight, whose collective has not started)."""
+        t, of = math.inf, None
         for ex in exs:
             if not ex.done:
                 d = self.started.get((ex.layer, ex.mb, int(Op.DISPATCH)))
                 arrive = self.d_arrive[ex.pattern][g]
                 if d is not None:
                     c = len(arrive) - 1 if not self.plan.overlap else min(ex.chunk, len(arrive) - 1)
-                    t = min(t, d + arrive[c])
+                    if d + arrive[c] < t:
+                        t, of = d + arrive[c], ex
             else:
                 c = self.started.get((ex.layer, ex.mb, int(Op.COMBINE)))
-                if c is not None:
-                    t = min(t, c + self.c_last[ex.pattern][g])
-        return t
+                if c is not None and c + self.c_last[ex.pattern][g] < t:
+                    t, of = c + self.c_last[ex.pattern][g], ex
+        if of is None and exs:
+            of = min(exs, key=lambda e: (e.layer, e.mb))
+        return t, of
 
     # ------------------------------------------------------------------------------------- process
     def _pick_shard(self, st: _GpuState, now: float) -> bool:
@@ -351,7 +357,10 @@ class Executor:
                 continue
             if all(li >= st.n_layers for li in st.layer):
                 break
-            yield self._sleep(g, self._next_time(g, [e for e in st.ex_of if e is not None]))
+            until, of = self._next_time(g, [e for e in st.ex_of if e is not None])
+            yield self._sleep(g, until)
+            if of is not None and env.now > now:  # the stream was blocked on that exchange (Op.WAIT_*)
+                self._add((g, of.layer, of.mb, int(Op.WAIT_COMBINE if of.done else Op.WAIT_DISPATCH), now, env.now))
         self.gpu_end[g] = max(env.now, self.comm_free[g])
 
     def run(self) -> StepRecord:

@@ -7,12 +7,13 @@ host waits included: the straggler the others wait for, as the emulator's and th
 rank is the one with the most time computing, emu.report):
 - moe_layer_s: (end of the last MoE layer - end of the layer before the first MoE layer) / MoE layers,
   where a layer ends when its last op or collective part ends on any GPU;
-- breakdown: summed span durations of the critical GPU over MoE layers and micro-batches / MoE layers
-  (expert_s includes the shared expert; dispatch_s is the packing plus its part of each dispatch
-  collective, sync included; combine_s the same for the combine and its sum into the tokens; in the host
-  model each phase also holds the stream's waits for the host to issue its tasks (Op.HOST: the front's
-  gate, planning and bookkeeping, counted in dispatch_s; HOST_ATTENTION, HOST_EXPERT, HOST_COMBINE), as a
-  real run's CUDA events hold a host-bound call's issue);
+- breakdown: summed span durations of the critical GPU over MoE layers and micro-batches / MoE layers, as
+  the runtimes define them (emu.report): expert_s includes the shared expert; dispatch_s is the packing
+  plus the stream's blocked wait for the micro-batch's shards (Op.WAIT_DISPATCH: a dispatch hidden behind
+  other work costs nothing here), combine_s the sum into the tokens plus the wait for the results
+  (WAIT_COMBINE); in the host model each phase also holds the stream's waits for the host to issue its
+  tasks (Op.HOST: the front's gate, planning and bookkeeping, counted in dispatch_s; HOST_ATTENTION,
+  HOST_EXPERT, HOST_COMBINE), as a real run's CUDA events hold a host-bound call's issue;
   exposed_comm_s: time in the MoE layers when its compute stream is idle (waiting for data or for a
   collective) / MoE layers;
 - max_link: the link busy longest per MoE layer (bytes / capacity, dispatch + combine of every
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moe.result import Breakdown, Result, Sample, Span, Trace
-from sim.events import NAMES, Op, StepRecord
+from sim.events import NAMES, WAIT_OPS, Op, StepRecord
 from sim.executor import StepPlan
 
 TRACE_GPUS = 8
@@ -72,9 +73,11 @@ def _link_bytes_per_moe_layer(plan: StepPlan) -> np.ndarray:
 
 def critical_gpu(record: StepRecord, cols: dict[str, np.ndarray], gpus: int) -> int:
     """The GPU with the most compute-stream time (module docstring); the last to finish where none ran."""
-    if not len(cols["gpu"]):
+    work = ~np.isin(cols["op"], [int(o) for o in WAIT_OPS])
+    if not work.any():
         return int(np.argmax(record.gpu_end)) if record.gpu_end else 0
-    return int(np.argmax(np.bincount(cols["gpu"], weights=cols["end"] - cols["start"], minlength=gpus)))
+    return int(np.argmax(np.bincount(cols["gpu"][work], weights=(cols["end"] - cols["start"])[work],
+                                     minlength=gpus)))
 
 
 def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: dict, spec_hash: str,
@@ -100,16 +103,13 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
         def total(*ops) -> float:
             return float(dur[np.isin(op, [int(o) for o in ops])].sum()) / n_moe
 
-        comm = {Op.DISPATCH: 0.0, Op.COMBINE: 0.0}
-        for c in record.collectives:
-            timing = (plan.dispatch if c.op == Op.DISPATCH else plan.combine)[c.pattern]
-            comm[c.op] += timing.sync_s + float(timing.done_G[critical])
-        busy = float(np.clip(np.minimum(cols["end"][mine], w1) - np.maximum(cols["start"][mine], w0), 0, None).sum())
+        work = mine & ~np.isin(cols["op"], [int(o) for o in WAIT_OPS])
+        busy = float(np.clip(np.minimum(cols["end"][work], w1) - np.maximum(cols["start"][work], w0), 0, None).sum())
         breakdown = Breakdown(attention_s=total(Op.ATTENTION, Op.ATTENTION_TP, Op.HOST_ATTENTION),
                               gate_s=total(Op.GATE),
-                              dispatch_s=comm[Op.DISPATCH] / n_moe + total(Op.PACK, Op.HOST),
+                              dispatch_s=total(Op.PACK, Op.HOST, Op.WAIT_DISPATCH),
                               expert_s=total(Op.EXPERT, Op.SHARED_EXPERT, Op.HOST_EXPERT),
-                              combine_s=comm[Op.COMBINE] / n_moe + total(Op.COMBINE_SUM, Op.HOST_COMBINE),
+                              combine_s=total(Op.COMBINE_SUM, Op.HOST_COMBINE, Op.WAIT_COMBINE),
                               exposed_comm_s=max(w1 - w0 - busy, 0.0) / n_moe)
     link_bytes = _link_bytes_per_moe_layer(plan)
     max_link, max_link_bytes, max_link_busy = "", 0.0, 0.0

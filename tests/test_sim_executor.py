@@ -8,7 +8,7 @@ import pytest
 from moe.spec.loader import build_scenario
 from sim.backend import run
 from sim.costs import LayerCosts
-from sim.events import Op
+from sim.events import WAIT_OPS, Op
 from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming
 
@@ -43,9 +43,10 @@ def plan(pattern=(0,), mb=1, overlap=True, pipeline=False, costs=None, dispatch=
                     layer_pipeline=pipeline, runtime=runtime, after=after)
 
 
-def spans(rec, gpu):
+def spans(rec, gpu, waits=False):
+    """GPU `gpu`'s spans in order, the stream's blocked waits (Op.WAIT_*) only if asked for."""
     c = rec.spans.columns()
-    sel = np.flatnonzero(c["gpu"] == gpu)
+    sel = np.flatnonzero((c["gpu"] == gpu) & (waits | ~np.isin(c["op"], [int(o) for o in WAIT_OPS])))
     return [(Op(int(c["op"][i])).name, round(float(c["start"][i]), 9), round(float(c["end"][i]), 9)) for i in sel]
 
 
@@ -55,9 +56,11 @@ def test_one_moe_layer_by_hand():
     GPU 1's land at 2.6, 3.6, 4.6, 4.6: 2.6 -> 3.6, 3.6 -> 4.6, 4.6 -> 6.6. Combine starts at
     max(6.6, engines free at 3.6 and 4.6) + 0.1 = 6.7 and lands at 7.7."""
     rec = run_step(plan())
-    assert spans(rec, 0) == [("ATTENTION", 0.0, 1.0), ("GATE", 1.0, 1.5), ("EXPERT", 2.6, 4.6), ("EXPERT", 4.6, 6.6)]
-    assert spans(rec, 1) == [("ATTENTION", 0.0, 1.0), ("GATE", 1.0, 1.5), ("EXPERT", 2.6, 3.6), ("EXPERT", 3.6, 4.6),
-                             ("EXPERT", 4.6, 6.6)]
+    waits = [("WAIT_DISPATCH", 1.5, 2.6), ("WAIT_COMBINE", 6.6, 7.7)]  # the stream blocked on the exchange
+    assert spans(rec, 0, waits=True) == [("ATTENTION", 0.0, 1.0), ("GATE", 1.0, 1.5), waits[0],
+                                         ("EXPERT", 2.6, 4.6), ("EXPERT", 4.6, 6.6), waits[1]]
+    assert spans(rec, 1, waits=True) == [("ATTENTION", 0.0, 1.0), ("GATE", 1.0, 1.5), waits[0],
+                                         ("EXPERT", 2.6, 3.6), ("EXPERT", 3.6, 4.6), ("EXPERT", 4.6, 6.6), waits[1]]
     starts = {(c.op, c.layer, c.mb): c.start_s for c in rec.collectives}
     assert starts == {(Op.DISPATCH, 0, 0): pytest.approx(1.6), (Op.COMBINE, 0, 0): pytest.approx(6.7)}
     assert rec.gpu_end == pytest.approx([7.7, 7.7])
