@@ -15,7 +15,8 @@ rank is the one with the most time computing, emu.report):
   tasks (Op.HOST: the front's gate, planning and bookkeeping, counted in dispatch_s; HOST_ATTENTION,
   HOST_EXPERT, HOST_COMBINE), as a real run's CUDA events hold a host-bound call's issue;
   exposed_comm_s: time in the MoE layers when its compute stream is idle (waiting for data or for a
-  collective) / MoE layers;
+  collective) / MoE layers; extra.dispatch_transfer_s / combine_transfer_s: the critical GPU's part of
+  each dispatch / combine collective, sync included, hidden or not, per MoE layer;
 - max_link: the link busy longest per MoE layer (bytes / capacity, dispatch + combine of every
   micro-batch), and max_link_bytes its bytes per MoE layer.
 """
@@ -91,6 +92,10 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
     critical = critical_gpu(record, cols, gpus)
     breakdown = Breakdown()
     moe_layer_s = 0.0
+    transfer = {Op.DISPATCH: 0.0, Op.COMBINE: 0.0}  # the critical GPU's part of every collective, sync included
+    for c in record.collectives:
+        timing = (plan.dispatch if c.op == Op.DISPATCH else plan.combine)[c.pattern]
+        transfer[c.op] += (timing.sync_s + float(timing.done_G[critical])) / n_moe
     if moe_layers:
         w0 = ends[moe_layers[0] - 1] if moe_layers[0] > 0 else 0.0
         w1 = ends[moe_layers[-1]]
@@ -123,6 +128,8 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
     extra = dict(facts.extra)
     extra.update(_extra(plan, record, facts, link_bytes, step, critical))
     extra["max_link_busy_s"] = max_link_busy  # per MoE layer, at the link's capacity
+    # per MoE layer on the critical GPU, hidden or not (the breakdown holds only the waits for them)
+    extra["dispatch_transfer_s"], extra["combine_transfer_s"] = transfer[Op.DISPATCH], transfer[Op.COMBINE]
     return Result(
         backend="sim", machine=machine, spec_hash=spec_hash, spec=spec, step_time_s=step,
         tokens_per_s=tokens / step if step > 0 else 0.0,

@@ -45,6 +45,11 @@ def test_ep_scaling_panels_plot_the_table_columns():
     assert np.allclose(line.get_ydata(), prefill["tokens_per_s_per_gpu"])
     crosses = fig.axes[0].collections[0].get_offsets()[:, 0]
     assert list(crosses) == [4]  # the EP 4 prefill point does not fit in memory
+    # the breakdown panels' ticks: the whole transfer time, hidden or not (not the breakdown's waits)
+    ok = df[df["status"] == "ok"]
+    moved = set(np.round((ok["extra.dispatch_transfer_s"] + ok["extra.combine_transfer_s"]) * 1e3, 9))
+    ticks = [y for ax in fig.axes[2:] for c in ax.collections for y in c.get_offsets()[:, 1]]
+    assert ticks and all(round(float(y), 9) in moved for y in ticks)
 
 
 def test_load_balance_panels_are_the_per_step_measures():

@@ -3,7 +3,9 @@ and a generic figure for sweeps of any other family.
 
 Per-MoE-layer breakdown on the critical GPU (Result.breakdown): attention + gate + expert is compute-stream
 time, `exposed_comm_s` the time that stream waits for communication; their sum is about `moe_layer_s`.
-dispatch + combine is the whole communication time, hidden or not.
+The whole communication time, hidden or not, is the simulator's `extra.dispatch_transfer_s +
+combine_transfer_s` (tables written before those columns: `breakdown.dispatch_s + combine_s`, which the
+simulator then defined that way; they are now the waits, as in the runtimes).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _log2_gpus(ax, xs) -> None:
 def breakdown_bars(ax, rows, offset: float = 0.0, width: float = 0.7, hatch: str | None = None,
                    suffix: str = "") -> None:
     """Stacked per-MoE-layer compute and exposed communication (ms) at x = 0, 1, ... (+ offset), with
-    the total communication time (dispatch + combine) as black ticks."""
+    the whole communication time (module docstring) as black ticks."""
     xs = np.arange(len(rows)) + offset
     bottom = np.zeros(len(rows))
     for label, col in STACK:
@@ -47,7 +49,11 @@ def breakdown_bars(ax, rows, offset: float = 0.0, width: float = 0.7, hatch: str
         ax.bar(xs, ms, width, bottom=bottom, color=PHASE_COLORS[label], hatch=hatch, edgecolor="white",
                label=label + suffix)
         bottom += ms
-    comm = (rows["breakdown.dispatch_s"] + rows["breakdown.combine_s"]).to_numpy(dtype=float) * 1e3
+    comm = rows["breakdown.dispatch_s"] + rows["breakdown.combine_s"]
+    if "extra.dispatch_transfer_s" in rows:  # the simulator's (module docstring)
+        moved = rows["extra.dispatch_transfer_s"] + rows["extra.combine_transfer_s"]
+        comm = moved.where(moved.notna(), comm)
+    comm = comm.to_numpy(dtype=float) * 1e3
     ax.scatter(xs, comm, marker="_", s=200, color="k", zorder=4, label="dispatch + combine" if not hatch else None)
     ax.set_ylabel("ms per MoE layer (critical GPU)")
 
