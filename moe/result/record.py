@@ -15,10 +15,10 @@ SCHEMA_VERSION = 1
 
 class Breakdown(BaseModel):
     """Mean seconds per MoE layer spent in each phase on the critical rank (the one with the most time
-    computing). `dispatch_s` / `combine_s`: packing / summing plus the blocked wait for the shards / results,
-    in every backend (a transfer hidden behind computation is not in them; the simulator also reports the
-    transfers, `extra.dispatch_transfer_s` / `combine_transfer_s`). `exposed_comm_s` is the communication
-    time not hidden behind computation."""
+    computing, its transport calls included). `dispatch_s` / `combine_s`: packing / summing plus the
+    blocked wait for the shards / results, in every backend (a transfer hidden behind computation is not in
+    them; the simulator also reports the transfers, `extra.dispatch_transfer_s` / `combine_transfer_s`).
+    `exposed_comm_s` is the communication time not hidden behind computation."""
 
     model_config = ConfigDict(extra="forbid")
     attention_s: float = 0.0
