@@ -50,6 +50,12 @@ class Op(IntEnum):
 
 
 WAIT_OPS = (Op.WAIT_DISPATCH, Op.WAIT_COMBINE)
+
+
+def is_wait(op_N: np.ndarray) -> np.ndarray:
+    """Whether each span (its `op` column) is the stream's blocked wait (WAIT_OPS), not work."""
+    return np.isin(op_N, [int(o) for o in WAIT_OPS])
+
 COMPUTE_OPS = (Op.ATTENTION, Op.ATTENTION_TP, Op.GATE, Op.DENSE_FFN, Op.SHARED_EXPERT, Op.EXPERT, Op.PACK,
                Op.COMBINE_SUM, Op.SETUP)
 NAMES = {op: op.name.lower() for op in Op}

@@ -254,12 +254,14 @@ class Executor:
                 arrive = self.d_arrive[ex.pattern][g]
                 if d is not None:
                     c = len(arrive) - 1 if not self.plan.overlap else min(ex.chunk, len(arrive) - 1)
-                    if d + arrive[c] < t:
-                        t, of = d + arrive[c], ex
+                    lands = d + arrive[c]
+                    if lands < t:
+                        t, of = lands, ex
             else:
                 c = self.started.get((ex.layer, ex.mb, int(Op.COMBINE)))
-                if c is not None and c + self.c_last[ex.pattern][g] < t:
-                    t, of = c + self.c_last[ex.pattern][g], ex
+                lands = math.inf if c is None else c + self.c_last[ex.pattern][g]
+                if lands < t:
+                    t, of = lands, ex
         if of is None and exs:
             of = min(exs, key=lambda e: (e.layer, e.mb))
         return t, of

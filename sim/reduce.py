@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moe.result import Breakdown, Result, Sample, Span, Trace
-from sim.events import NAMES, WAIT_OPS, Op, StepRecord
+from sim.events import NAMES, Op, StepRecord, is_wait
 from sim.executor import StepPlan
 
 TRACE_GPUS = 8
@@ -74,7 +74,7 @@ def _link_bytes_per_moe_layer(plan: StepPlan) -> np.ndarray:
 
 def critical_gpu(record: StepRecord, cols: dict[str, np.ndarray], gpus: int) -> int:
     """The GPU with the most compute-stream time (module docstring); the last to finish where none ran."""
-    work = ~np.isin(cols["op"], [int(o) for o in WAIT_OPS])
+    work = ~is_wait(cols["op"])
     if not work.any():
         return int(np.argmax(record.gpu_end)) if record.gpu_end else 0
     return int(np.argmax(np.bincount(cols["gpu"][work], weights=(cols["end"] - cols["start"])[work],
@@ -108,7 +108,7 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
         def total(*ops) -> float:
             return float(dur[np.isin(op, [int(o) for o in ops])].sum()) / n_moe
 
-        work = mine & ~np.isin(cols["op"], [int(o) for o in WAIT_OPS])
+        work = mine & ~is_wait(cols["op"])
         busy = float(np.clip(np.minimum(cols["end"][work], w1) - np.maximum(cols["start"][work], w0), 0, None).sum())
         breakdown = Breakdown(attention_s=total(Op.ATTENTION, Op.ATTENTION_TP, Op.HOST_ATTENTION),
                               gate_s=total(Op.GATE),

@@ -16,7 +16,7 @@ from moe.spec.loader import build_scenario
 from moe.topology import build_topology
 from moe.traffic import compute_traffic
 from sim.backend import run, simulate
-from sim.events import Op
+from sim.events import Op, is_wait
 
 
 def small(**sections):
@@ -56,7 +56,7 @@ def test_breakdown_is_the_busiest_gpus_as_the_runtimes_critical_rank():
               schedule={"overlap": False, "micro_batches": 1})
     _, [(_, record, _, _)] = simulate(s)
     cols = record.spans.columns()
-    work = ~np.isin(cols["op"], [int(Op.WAIT_DISPATCH), int(Op.WAIT_COMBINE)])
+    work = ~is_wait(cols["op"])
     busy_G = np.bincount(cols["gpu"][work], weights=(cols["end"] - cols["start"])[work], minlength=s.cluster.gpus)
     expert = cols["op"] == int(Op.EXPERT)
     expert_G = np.bincount(cols["gpu"][expert], weights=(cols["end"] - cols["start"])[expert],

@@ -8,7 +8,7 @@ import pytest
 from moe.spec.loader import build_scenario
 from sim.backend import run
 from sim.costs import LayerCosts
-from sim.events import WAIT_OPS, Op
+from sim.events import Op, is_wait
 from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming
 
@@ -46,7 +46,7 @@ def plan(pattern=(0,), mb=1, overlap=True, pipeline=False, costs=None, dispatch=
 def spans(rec, gpu, waits=False):
     """GPU `gpu`'s spans in order, the stream's blocked waits (Op.WAIT_*) only if asked for."""
     c = rec.spans.columns()
-    sel = np.flatnonzero((c["gpu"] == gpu) & (waits | ~np.isin(c["op"], [int(o) for o in WAIT_OPS])))
+    sel = np.flatnonzero((c["gpu"] == gpu) & (waits | ~is_wait(c["op"])))
     return [(Op(int(c["op"][i])).name, round(float(c["start"][i]), 9), round(float(c["end"][i]), 9)) for i in sel]
 
 
