@@ -12,21 +12,29 @@ them into new ones) because freeing symmetric memory is collective too, and rank
 views at different times:
 
   phase     input                     output
-  dispatch  [max_rows, row_bytes]     [R x max_rows, row_bytes]       (every source may send max_rows)
-  combine   [R x max_rows, res_bytes] [max_rows, res_bytes]
+  dispatch  [max_rows, width]         [R x max_rows, width]           (every source may send max_rows)
+  combine   [R x max_rows, res_width] [max_rows, res_width]
 
 The op has no exit barrier: a rank may overwrite its input only once every peer has read it. A slot's
 next use is the same micro-batch's next layer, whose dispatch is issued after the compute stream has
 consumed this layer's results, which came after every peer's pull (`real.transport`'s notes).
 Constraints of the op's kernel (torch 2.11): it splits each peer's bytes evenly over the blocks it gives
-that peer and asserts that they divide (a device assert ends the process), so the block count is set
-(`TORCH_SYMMMEM_NBLOCKS`) to R times the largest power of two, at most 64 / R, that divides both row sizes.
+that peer (`TORCH_SYMMMEM_NBLOCKS` / R of them), asserts that they divide (a device assert ends the
+process), and copies each block's chunk with one NVSHMEM block get, which is fast only on 16-byte aligned
+chunks. A chunk is rows x stride / blocks, so a row's stride here (`width`) is its bytes padded to a multiple
+of 16 x blocks per peer: every chunk is whole and aligned whatever the row count. Unpadded 7408-byte rows
+(16 x 463): two dispatches of 4096 rows took 2.29 ms when a peer's rows were not a multiple of 16 and 0.25 ms
+when they were; padded to 7424 bytes, 0.26 ms with the same odd counts (4 x H100, 64 blocks,
+`benchmarks/measured/h100x4-2026-11-27j/align_probe.*`). Routed row counts are arbitrary: before the
+padding, the transport's dispatch kernel took 0.98-1.08 ms inside the exchange for this reason, 0.09 ms
+since (CUPTI traces, `trace_*` there). The padding costs at most 16 x blocks - 1 bytes a row (16 bytes of a
+7408-byte row at 4 ranks); the transport copies received rows out of the padded buffer only where the
+stride differs from the row (`real.transport`).
 Measured on 4 x H100 (`benchmarks/a2a_floor.py`): 91-97% of NCCL `all_to_all_single`'s time at the same bytes.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -52,26 +60,58 @@ def available() -> bool:
         return False
 
 
-def blocks_per_peer(ranks: int, *row_bytes: int) -> int:
-    """Largest power of two that divides every row size, at most 64 / ranks (the kernel's block cap)."""
-    g = math.gcd(*row_bytes)
-    twos = g & -g
-    return max(1, min(twos, 64 // ranks))
+ALIGN_BYTES = 16
+"""The alignment a block's chunk needs for the op's copies to run at full width (see above)."""
+MAX_BLOCKS_PER_PEER = 16
+"""Blocks per peer at most: 64 blocks at 4 ranks, the op's own cap within a node (torch 2.11). At fewer ranks
+more blocks per peer would pad rows more (32 x 16 bytes at 2 ranks); whether they would move rows faster
+was not measured."""
+
+
+def blocks_per_peer(ranks: int) -> int:
+    """Blocks the op gives each peer: a power of two, at most 64 / ranks and MAX_BLOCKS_PER_PEER, at least 1."""
+    cap = max(1, min(MAX_BLOCKS_PER_PEER, 64 // ranks))
+    return 1 << (cap.bit_length() - 1)
+
+
+def width(row_bytes: int, bpp: int) -> int:
+    """A row's stride in the symmetric buffers: its bytes padded to a multiple of ALIGN_BYTES x bpp, so that
+    each of a peer's bpp chunks (rows x stride / bpp bytes) is whole and aligned for any row count."""
+    unit = ALIGN_BYTES * bpp
+    return -(-row_bytes // unit) * unit
 
 
 @dataclass
 class Phase:
     inp: list[torch.Tensor]
-    """Per slot [rows, row_bytes] (a view of the slot's flat symmetric buffer)."""
-    inp_B: list[torch.Tensor]
-    """The same memory flat (uint8 [rows x row_bytes]), where the transport copies a group's buffer."""
+    """Per slot [rows, width] (a view of the slot's flat symmetric buffer); a row's bytes are [:, :row_bytes]."""
     out: list[torch.Tensor]
+    """Per slot [rows, width], sources in rank order."""
     splits: list[torch.Tensor]
     """[R] int64 rows to each peer (the op's in_splits)."""
     out_so: list[torch.Tensor]
     """[2, R] int64 (the op's out_splits_offsets)."""
     group: str
     row_bytes: int
+    width: int
+    """The rows' stride (`width()`): row_bytes, or more where they are padded."""
+
+    def rows(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """The first n rows' bytes of a slot's buffer (all its rows if n is None), without the padding."""
+        return t[:n, :self.row_bytes]
+
+
+def copy_rows(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[:] = src for [rows, bytes] uint8 views, either of them padded (strided): as the widest integers
+    both allow, since a strided copy is an elementwise kernel whose time goes with its element count (4 x
+    H100, 4096 rows of 7408 bytes into a 7424-byte stride: 70 us as bytes, against 21 us for the flat
+    copy it replaced; `benchmarks/measured/h100x4-2026-11-27j/trace_after/`)."""
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        k = dtype.itemsize
+        if all(t.shape[1] % k == 0 and t.stride(0) % k == 0 and t.storage_offset() % k == 0 for t in (dst, src)):
+            dst.view(dtype).copy_(src.view(dtype))
+            return
+    dst.copy_(src)
 
 
 @dataclass
@@ -96,11 +136,10 @@ class _Flat:
     def fits(self, slots: int, in_bytes: int, out_bytes: int) -> bool:
         return slots <= len(self.inp) and in_bytes <= self.inp[0].numel() and out_bytes <= self.out[0].numel()
 
-    def phase(self, slots: int, in_rows: int, out_rows: int, width: int, group: str) -> Phase:
+    def phase(self, slots: int, in_rows: int, out_rows: int, row_bytes: int, width: int, group: str) -> Phase:
         return Phase([t[:in_rows * width].view(in_rows, width) for t in self.inp[:slots]],
-                     [t[:in_rows * width] for t in self.inp[:slots]],
                      [t[:out_rows * width].view(out_rows, width) for t in self.out[:slots]],
-                     self.splits[:slots], self.out_so[:slots], group, width)
+                     self.splits[:slots], self.out_so[:slots], group, row_bytes, width)
 
 
 _FLAT: dict[str, _Flat] = {}
@@ -140,22 +179,23 @@ def buffers(dispatch_group, combine_group, device: torch.device, slots: int, max
     from torch.distributed import _symmetric_memory as symm
 
     ranks = dist.get_world_size(dispatch_group)
-    per_slot = max_rows * row_bytes * (1 + ranks) + max_rows * result_row_bytes * (ranks + 1)
+    os.environ.setdefault("TORCH_SYMMMEM_NBLOCKS", str(ranks * blocks_per_peer(ranks)))
+    blocks = os.environ["TORCH_SYMMMEM_NBLOCKS"]
+    if not blocks.isdigit() or int(blocks) < ranks or int(blocks) % ranks:
+        raise RunFailure(f"TORCH_SYMMMEM_NBLOCKS={blocks}: the nvshmem transport needs a positive multiple of the "
+                         f"{ranks} ranks (it is read once a process)")
+    bpp = int(blocks) // ranks
+    w, v = width(row_bytes, bpp), width(result_row_bytes, bpp)
+    per_slot = max_rows * w * (1 + ranks) + max_rows * v * (ranks + 1)
     os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(max(HEAP_MIN_BYTES, 2 * slots * per_slot)))
-    bpp = blocks_per_peer(ranks, row_bytes, result_row_bytes)
-    os.environ.setdefault("TORCH_SYMMMEM_NBLOCKS", str(ranks * bpp))
-    set_bpp = int(os.environ["TORCH_SYMMMEM_NBLOCKS"]) // ranks
-    if set_bpp and (row_bytes % set_bpp or result_row_bytes % set_bpp):
-        raise RunFailure(f"TORCH_SYMMMEM_NBLOCKS={os.environ['TORCH_SYMMMEM_NBLOCKS']}: {set_bpp} blocks per peer do "
-                         f"not divide the {row_bytes}- and {result_row_bytes}-byte rows (it is read once a process)")
     try:
         if symm.get_backend(device) != "NVSHMEM":
             symm.set_backend("NVSHMEM")
-        d = _flat(dispatch_group, device, slots, max_rows * row_bytes, ranks * max_rows * row_bytes)
-        c = _flat(combine_group, device, slots, ranks * max_rows * result_row_bytes, max_rows * result_row_bytes)
+        d = _flat(dispatch_group, device, slots, max_rows * w, ranks * max_rows * w)
+        c = _flat(combine_group, device, slots, ranks * max_rows * v, max_rows * v)
     except RuntimeError as err:
         raise RunFailure(f"real.transport=nvshmem: NVSHMEM symmetric buffers of {slots} x {per_slot / 2**20:.0f} MiB "
                          f"could not be made ({err}); NVSHMEM_SYMMETRIC_SIZE="
                          f"{os.environ.get('NVSHMEM_SYMMETRIC_SIZE')}") from err
-    return Buffers(slots, d.phase(slots, max_rows, ranks * max_rows, row_bytes, dispatch_group.group_name),
-                   c.phase(slots, ranks * max_rows, max_rows, result_row_bytes, combine_group.group_name))
+    return Buffers(slots, d.phase(slots, max_rows, ranks * max_rows, row_bytes, w, dispatch_group.group_name),
+                   c.phase(slots, ranks * max_rows, max_rows, result_row_bytes, v, combine_group.group_name))
