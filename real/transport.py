@@ -55,6 +55,7 @@ from emu.transport import Pending, Transport, WaitTimeout, poll_until
 from moe.errors import RunFailure
 from real import symm
 from real.groups import Groups
+from real.replay import Replays
 from real.stall import ABORT_GRACE_S, Waiter, abort_nccl, guard
 
 PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_RESULT: "combine"}
@@ -118,6 +119,8 @@ class RealTransport(Transport):
         self.streams = {p: torch.cuda.Stream(device, priority=-1) for p in ("counts", "dispatch", "combine")} \
             if self.cuda else {}
         self.in_flight: list[Group] = []
+        self.replays = Replays(device, self.rank) if self.vdev else None
+        """nvshmem: the op and the counts derivation per slot, as CUDA graphs (`real.replay`)."""
         self.reset()
 
     def reset(self) -> None:
@@ -171,7 +174,8 @@ class RealTransport(Transport):
         torch.cuda.set_stream(stream)
         try:
             with self._guarded(f"the dispatch rows of exchange {k} (their counts)"):
-                return derive(ph.rows(ph.out[slot]), ph.out_so[slot][0]).cpu().numpy()
+                return self.replays.run(("counts", slot), lambda: derive(ph.rows(ph.out[slot]),
+                                                                          ph.out_so[slot][0])).cpu().numpy()
         finally:
             torch.cuda.set_stream(compute)
 
@@ -183,6 +187,7 @@ class RealTransport(Transport):
         dist.all_reduce(bound, op=dist.ReduceOp.MAX, group=self.pg.objects)
         self.symm = symm.buffers(self.pg.dispatch, self.pg.combine, self.device, slots, int(bound.item()),
                                  row_bytes, result_row_bytes)
+        self.replays.clear()  # captured over the last job's views
 
     # ------------------------------------------------------------------------------ shard groups
     def _group(self, tags: Sequence[int]) -> Group:
@@ -303,8 +308,9 @@ class RealTransport(Transport):
     def _vdev(self, g: Group, stream) -> list:
         """One all_to_all_vdev of a group's rows on `stream`: copied into the slot's symmetric input, the rows
         per peer to the device (a dispatch's from the host, pinned, without blocking; a combine's from its
-        dispatch's rows per source, device to device), then the op. A kernel launch or copy costs the host
-        8-37 us on the H100 nodes (`benchmarks/real_host_time.py ops`), so there are as few as the op allows."""
+        dispatch's rows per source, device to device), then the op, replayed as a CUDA graph per slot
+        (`real.replay`). A kernel launch or copy costs the host 8-37 us on the H100 nodes
+        (`benchmarks/real_host_time.py ops`), so there are as few as the op allows."""
         ph, slot = self.symm.of(g.phase), g.key % self.symm.slots  # prepared by the job (Transport.prepare)
         (buf,), (split,) = g.send
         rows_R, rest = np.divmod(split, ph.row_bytes)
@@ -313,12 +319,18 @@ class RealTransport(Transport):
                                f"{ph.row_bytes}-byte rows within the {ph.inp[slot].shape[0]} prepared")
         n = int(rows_R.sum())
         symm.copy_rows(ph.rows(ph.inp[slot], n), buf.view(n, ph.row_bytes))
-        if g.phase == "combine":  # results go back where the rows came from: the dispatch's rows per source
+
+        def op() -> None:  # replayed as a CUDA graph per slot (`real.replay`)
+            if g.phase == "combine":  # results go back where the rows came from: the dispatch's rows per source
+                ph.splits[slot].copy_(self.symm.dispatch.out_so[slot][0])
+            torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot],
+                                               ph.group)
+
+        if g.phase == "combine":
             stream.wait_event(self.groups[("dispatch", g.key)].done)
-            ph.splits[slot].copy_(self.symm.dispatch.out_so[slot][0])
         else:  # pinned: the copy neither blocks the host nor waits for the stream's earlier work
             ph.splits[slot].copy_(torch.from_numpy(rows_R).pin_memory(), non_blocking=True)
-        torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot], ph.group)
+        self.replays.run((g.phase, slot), op)
         if g.unpad is not None:  # a combine whose receive was posted first: its rows out of the padding
             self._unpad(g)
         self.messages_posted += 1
