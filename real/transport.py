@@ -162,8 +162,9 @@ class RealTransport(Transport):
         """nvshmem: the counts of `key` derived from its rows where they landed: on the counts stream, once the
         key's dispatch is done (that stream waits for its event; the compute stream does not), then one copy
         to the host, which waits for that stream alone. No counts all-to-all: no NCCL call and no wait for
-        the peers to reach theirs, though the host pays about as much for the derivation (4 x H100, two jobs:
-        0.31 ms a derivation, 0.30 ms a posted counts all-to-all; `benchmarks/README.md`)."""
+        the peers to reach theirs. Eager, the derivation cost the host about as much as a counts all-to-all
+        (4 x H100, two jobs: 0.31 against 0.30 ms; `benchmarks/README.md`), so it is replayed as one CUDA graph
+        per slot (`real.replay`)."""
         k = dp.key_of_tag(key)
         g = self.groups.get(("dispatch", k))
         if g is None or not g.issued:
