@@ -222,8 +222,8 @@ def post_result_receives(tr: Transport, ex: Exchange) -> list[Pending]:
     result rows, so they land in place when the experts send them."""
     v = ex.result_row_bytes
     (bufs,), posted = tr.irecv_split([ex.plan.counts_R * v], [tag(ex.key, KIND_RESULT)], ("result", ex.key))
-    for dst, flat in bufs.items():  # this rank's own rows too where the transport carries them
-        ex.result_bufs[dst] = flat.view(-1, v)
+    for dst, got in bufs.items():  # this rank's own rows too where the transport carries them
+        ex.result_bufs[dst] = got if got.dim() == 2 else got.view(-1, v)  # 2-D: padded rows
     return posted
 
 
@@ -262,8 +262,8 @@ def post_receives(tr: Transport, ex: Exchange) -> list[Pending]:
     b = ex.row_bytes
     rows_R = ex.rows_from_R
     (bufs,), posted = tr.irecv_split([rows_R * b], [tag(ex.key, KIND_PAYLOAD)], ("shard", ex.key))
-    for src, flat in bufs.items():  # this rank's own rows too: the collective carries them
-        ex.shard_bufs[src] = flat.view(int(rows_R[src]), b)
+    for src, got in bufs.items():  # this rank's own rows too: the collective carries them
+        ex.shard_bufs[src] = got if got.dim() == 2 else got.view(int(rows_R[src]), b)  # 2-D: padded rows
     ex.shards_missing.update(bufs)
     ex.receives_posted = True
     return posted
@@ -306,13 +306,16 @@ def slot_rows(tr: Transport, ex: Exchange, sources: list[int], slots: int) -> np
 
 def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
     """Row blocks [M_i, ...] as one [sum M_i, ...] tensor: a view when they lie back to back in one buffer
-    (a grouped transport's receive buffer, in rank order), else a copy."""
+    with one row stride (a grouped transport's receive buffer, in rank order; its rows may be padded, as in
+    the nvshmem transport's symmetric buffers), else a copy."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
-    adjacent = all(p.is_contiguous() and p.dtype == first.dtype and p.shape[1:] == first.shape[1:]
+    adjacent = all(p.dtype == first.dtype and p.shape[1:] == first.shape[1:] and p.stride() == first.stride()
                    and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() for p in parts)
-    adjacent = adjacent and all(a.data_ptr() + a.nbytes == b.data_ptr() for a, b in zip(parts, parts[1:], strict=False))
+    adjacent = adjacent and first[0].is_contiguous()  # each row's bytes whole
+    adjacent = adjacent and all(a.data_ptr() + a.shape[0] * a.stride(0) * a.element_size() == b.data_ptr()
+                                for a, b in zip(parts, parts[1:], strict=False))
     if not adjacent:
         return torch.cat(parts)
     rows = sum(p.shape[0] for p in parts)

@@ -135,7 +135,9 @@ class Transport(ABC):
         """Receive nbytes_PR[i][r] bytes of buffer kind i from every rank r. Returns, per kind, rank ->
         flat uint8 buffer, and the posted operations (meta (*meta, peer)). Message transports skip this
         rank and empty parts (one pooled buffer and one receive per (peer, kind)); a grouped transport
-        returns adjacent views of one buffer per kind, in rank order, its own part included."""
+        returns adjacent views of one buffer per kind, in rank order, its own part included. A transport
+        whose receive buffer pads its rows (`real.transport`'s nvshmem mode) returns [rows, row bytes] views
+        of it instead of flat bytes."""
 
     def irecv_probed(self, srcs: Sequence[int], tag: int, meta: tuple = ()) -> list[Pending]:
         """Receive one message of any size with `tag` from each of `srcs` (message transports): each

@@ -28,8 +28,8 @@ when they were; padded to 7424 bytes, 0.26 ms with the same odd counts (4 x H100
 `benchmarks/measured/h100x4-2026-11-27j/align_probe.*`). Routed row counts are arbitrary: before the
 padding, the transport's dispatch kernel took 0.98-1.08 ms inside the exchange for this reason, 0.09 ms
 since (CUPTI traces, `trace_*` there). The padding costs at most 16 x blocks - 1 bytes a row (16 bytes of a
-7408-byte row at 4 ranks); the transport copies received rows out of the padded buffer only where the
-stride differs from the row (`real.transport`).
+7408-byte row at 4 ranks); the receives are [rows, row bytes] views of the padded buffer, which the
+protocol reads as they are (`emu.dispatch.cat_rows`, `unpack`).
 Measured on 4 x H100 (`benchmarks/a2a_floor.py`): 91-97% of NCCL `all_to_all_single`'s time at the same bytes.
 """
 
@@ -104,8 +104,8 @@ class Phase:
 def copy_rows(dst: torch.Tensor, src: torch.Tensor) -> None:
     """dst[:] = src for [rows, bytes] uint8 views, either of them padded (strided): as the widest integers
     both allow, since a strided copy is an elementwise kernel whose time goes with its element count (4 x
-    H100, 4096 rows of 7408 bytes into a 7424-byte stride: 70 us as bytes, against 21 us for the flat
-    copy it replaced; `benchmarks/measured/h100x4-2026-11-27j/trace_after/`)."""
+    H100, 4096 rows of 7408 bytes between a 7424-byte stride and flat rows: 70 us as bytes, 23-30 us as
+    8-byte integers; `benchmarks/measured/h100x4-2026-11-27j/padded*/`)."""
     for dtype in (torch.int64, torch.int32, torch.int16):
         k = dtype.itemsize
         if all(t.shape[1] % k == 0 and t.stride(0) % k == 0 and t.storage_offset() % k == 0 for t in (dst, src)):

@@ -13,9 +13,8 @@ are posted:
                      `Transport.device_splits`); no counts are sent: the receiver derives them from the
                      rows where they landed when it computes the shards (`take_counts`), and a combine's
                      splits are its dispatch's rows per source, which never leave the device; rows sit
-                     there at a padded stride (`real.symm.width`), so a receive buffer is then a copy of
-                     the landed rows without the padding (a dispatch's on the counts stream once its rows
-                     are in, a combine's after its op), made before the group's `done`
+                     there at a padded stride (`real.symm.width`), and the receives are [rows, row bytes]
+                     views of them (no copy)
 Receive buffers are one tensor per kind with a region per source in rank order, so a key's shards are
 one contiguous block for the experts. Each phase has its own process group and issues its groups in key
 order; the runtime starts keys in order on every rank (`emu.runtime`), so all ranks call every group's
@@ -78,9 +77,6 @@ class Group:
     """CUDA event at the end of the group's transfers on its phase stream."""
     waited: set = field(default_factory=set)
     """Streams already made to wait for `done`."""
-    unpad: torch.Tensor | None = None
-    """nvshmem, rows padded in the symmetric output (`real.symm.width`): the receive buffer the landed rows
-    are copied into, without their padding, before `done`."""
 
 
 class RealTransport(Transport):
@@ -223,43 +219,25 @@ class RealTransport(Transport):
         splits = [np.asarray(s, dtype=np.int64) for s in nbytes_PR]
         bufs, views, posted = [], [], []
         for s, t in zip(splits, tags, strict=True):
-            ph = self.symm.of(g.phase) if self.vdev else None
-            if ph is not None and ph.width == ph.row_bytes:  # where the op writes: the slot's output, by source
-                buf = ph.out[g.key % self.symm.slots].view(-1)[:int(s.sum())]
+            if self.vdev:  # where the op writes: the slot's output, sources in rank order, rows at their stride
+                ph = self.symm.of(g.phase)
+                if (s % ph.row_bytes).any():
+                    raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: receives of {s.tolist()} bytes "
+                                       f"are not whole {ph.row_bytes}-byte rows")
+                buf = ph.rows(ph.out[g.key % self.symm.slots])  # [rows, row bytes], padding left out
+                off = np.concatenate([[0], np.cumsum(s // ph.row_bytes)])
             else:
                 buf = torch.empty(int(s.sum()), dtype=torch.uint8, device=self.device)
-                if ph is not None:
-                    g.unpad = buf
-            off = np.concatenate([[0], np.cumsum(s)])
+                off = np.concatenate([[0], np.cumsum(s)])
             mine = {r: buf[int(off[r]):int(off[r + 1])] for r in range(self.size) if s[r]}
             for r, v in mine.items():
                 self.by_buffer[v.data_ptr()] = g
                 posted.append(Pending(g, v, r, t, (*meta, r)))
-            bufs.append(buf)
+            bufs.append(buf[:int(off[-1])])
             views.append(mine)
         g.recv = (bufs, splits)
-        if g.issued and g.unpad is not None:  # a dispatch: its rows are in or on their way (take_counts)
-            self._unpad(g, self.streams["counts"])
         self._issue_ready(g.phase)
         return views, posted
-
-    def _unpad(self, g: Group, stream=None) -> None:
-        """nvshmem: the group's landed rows out of the padded symmetric output into its receive buffer. Without
-        `stream`: on the current stream, right after the op. With it (a group already issued: a dispatch, whose
-        phase stream may hold later keys' transfers): on `stream` once the op is done, `done` then becoming the
-        end of the copy."""
-        ph, compute = self.symm.of(g.phase), torch.cuda.current_stream(self.device)
-        n = g.unpad.numel() // ph.row_bytes
-        if stream is not None:
-            stream.wait_event(g.done)
-            torch.cuda.set_stream(stream)
-        try:
-            symm.copy_rows(g.unpad.view(n, ph.row_bytes), ph.rows(ph.out[g.key % self.symm.slots], n))
-            if stream is not None:
-                g.done = torch.cuda.Event()
-                g.done.record(stream)
-        finally:
-            torch.cuda.set_stream(compute)
 
     def _issue_ready(self, phase: str) -> None:
         """Issue this phase's complete groups in key order."""
@@ -332,8 +310,6 @@ class RealTransport(Transport):
         else:  # pinned: the copy neither blocks the host nor waits for the stream's earlier work
             ph.splits[slot].copy_(torch.from_numpy(rows_R).pin_memory(), non_blocking=True)
         self.replays.run((g.phase, slot), op)
-        if g.unpad is not None:  # a combine whose receive was posted first: its rows out of the padding
-            self._unpad(g)
         self.messages_posted += 1
         return []
 

@@ -98,6 +98,19 @@ def test_cat_rows_views_adjacent_blocks_and_copies_others():
     assert torch.equal(dp.cat_rows([a, other]), torch.cat([a, other]))
 
 
+def test_cat_rows_views_adjacent_blocks_of_padded_rows():
+    """The nvshmem transport's receives: [rows, row bytes] views of a buffer whose rows are padded."""
+    padded = torch.arange(60, dtype=torch.uint8).view(6, 10)[:, :7]  # 7-byte rows at a 10-byte stride
+    a, b = padded[:2], padded[2:5]
+    joined = dp.cat_rows([a, b])
+    assert joined.data_ptr() == a.data_ptr() and joined.stride() == (10, 1) and torch.equal(joined, padded[:5])
+    assert torch.equal(dp.cat_rows([a, padded[3:5]]), torch.cat([a, padded[3:5]]))  # a gap: copied
+    flat = torch.arange(60, dtype=torch.uint8)[:35].view(5, 7)  # same bytes per row, another stride
+    assert torch.equal(dp.cat_rows([a, flat[2:5]]), torch.cat([a, flat[2:5]]))
+    cols = torch.arange(60, dtype=torch.uint8).view(10, 6).t()  # rows not whole (column stride 6): copied
+    assert torch.equal(dp.cat_rows([cols[:2], cols[2:4]]), cols[:4])
+
+
 def test_real_options_drive_the_runtime():
     from moe.spec import load_scenario
     from real.job import runtime_scenario
