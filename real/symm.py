@@ -93,8 +93,7 @@ class Phase:
     """[2, R] int64 (the op's out_splits_offsets)."""
     group: str
     row_bytes: int
-    width: int
-    """The rows' stride (`width()`): row_bytes, or more where they are padded."""
+    """A row's bytes; its stride in `inp` and `out` is `width()` of them, more where they are padded."""
 
     def rows(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """The first n rows' bytes of a slot's buffer (all its rows if n is None), without the padding."""
@@ -139,7 +138,7 @@ class _Flat:
     def phase(self, slots: int, in_rows: int, out_rows: int, row_bytes: int, width: int, group: str) -> Phase:
         return Phase([t[:in_rows * width].view(in_rows, width) for t in self.inp[:slots]],
                      [t[:out_rows * width].view(out_rows, width) for t in self.out[:slots]],
-                     self.splits[:slots], self.out_so[:slots], group, row_bytes, width)
+                     self.splits[:slots], self.out_so[:slots], group, row_bytes)
 
 
 _FLAT: dict[str, _Flat] = {}

@@ -224,8 +224,8 @@ class RealTransport(Transport):
                 if (s % ph.row_bytes).any():
                     raise RuntimeError(f"rank {self.rank}: {g.phase} key {g.key}: receives of {s.tolist()} bytes "
                                        f"are not whole {ph.row_bytes}-byte rows")
-                buf = ph.rows(ph.out[g.key % self.symm.slots])  # [rows, row bytes], padding left out
                 off = np.concatenate([[0], np.cumsum(s // ph.row_bytes)])
+                buf = ph.rows(ph.out[g.key % self.symm.slots], int(off[-1]))  # [rows, row bytes], no padding
             else:
                 buf = torch.empty(int(s.sum()), dtype=torch.uint8, device=self.device)
                 off = np.concatenate([[0], np.cumsum(s)])
@@ -233,7 +233,7 @@ class RealTransport(Transport):
             for r, v in mine.items():
                 self.by_buffer[v.data_ptr()] = g
                 posted.append(Pending(g, v, r, t, (*meta, r)))
-            bufs.append(buf[:int(off[-1])])
+            bufs.append(buf)
             views.append(mine)
         g.recv = (bufs, splits)
         self._issue_ready(g.phase)
