@@ -38,6 +38,7 @@ import torch.distributed as dist  # noqa: E402
 
 from emu import dispatch as dp  # noqa: E402
 from emu import runtime as er  # noqa: E402
+from moe.model.graphs import ModelCalls  # noqa: E402
 from moe.model.layer import Block  # noqa: E402
 from real import transport as rt  # noqa: E402
 from real.groups import forget_process_groups  # noqa: E402
@@ -50,10 +51,11 @@ WRAPPED = [(dist, "all_to_all_single"), (dist, "batch_isend_irecv"), (rt, "poll_
            (rt.RealTransport, "isend_split"), (rt.RealTransport, "ready"),
            (rt.RealTransport, "test_some"), (dp, "plan_dispatch"), (dp, "pack_rows"), (dp, "post_dispatch"),
            (dp, "post_receives"), (dp, "post_result_receives"), (dp, "send_results"), (dp, "compute_shard"),
-           (dp, "combine_rows"), (er, "planned_weights")] + \
+           (dp, "combine_rows")] + \
     [(er.RankRuntime, m) for m in ("step", "_layer_front", "_compute_one_shard", "_combine_ready", "_block",
                                    "_take_completions", "_finish_layer", "_start_ready")] + \
-    [(Block, m) for m in ("attention", "ffn_input", "expert_forward", "shared_forward", "dense_forward")]
+    [(Block, m) for m in ("attention", "ffn_input", "expert_forward", "shared_forward", "dense_forward")] + \
+    [(ModelCalls, m) for m in ("attention", "dense", "gate", "shared")]
 
 
 def timed(owner, name: str) -> None:

@@ -41,6 +41,7 @@ from emu.microbatch import Layout, new_caches, rewind
 from emu.plan import RunPlan
 from emu.timing import PhaseClock
 from emu.transport import Pending, Transport, host_to
+from moe.model.graphs import ModelCalls
 from moe.spec.schema import Scenario
 
 ALL_SOURCES = -1
@@ -69,13 +70,6 @@ class StepStats:
     end_s: float = 0.0
 
 
-def planned_weights(block, z_TD: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
-    """Routing weights [T, K] of the planned expert ids, as `Block.route(z, ids)` computes them (the gate's
-    scores and weights), without the range check of given ids in `Gate.forward`, which reads the ids back
-    to the host (a host synchronization on a GPU); the plan's ids are valid by construction."""
-    return block.gate.weights(block.gate.scores(z_TD), ids_TK)
-
-
 class RankRuntime:
     def __init__(self, scenario: Scenario, transport: Transport, plan: RunPlan, model, lay: Layout,
                  clock: PhaseClock, device: torch.device):
@@ -89,6 +83,8 @@ class RankRuntime:
         self.fault_armed = True
         self.absorbed = None if scenario.workload.phase == "decode" else False
         self.caches, self.caches_seed = None, None
+        self.calls = ModelCalls(device, transport.rank, graphs=False)
+        """The fixed-shape model calls (`moe.model.graphs`): eager here; the real backend replays them."""
         self.layer_outputs: dict[int, list] | None = None
         """When a dict: layer -> hidden states after it, per micro-batch, of the last step (tests)."""
 
@@ -99,6 +95,7 @@ class RankRuntime:
         lay, layers = self.lay, self.cfg.layers
         if self.caches_seed != seed:  # built once per seed, rewound at every step (emu.microbatch.rewind)
             self.caches, self.caches_seed = new_caches(self.model, lay, seed), seed
+            self.calls.clear()  # graphs captured over the old caches
         rewind(self.caches, lay)
         self.pattern = pattern
         self.mbs = [MBState(x_TD=x_TD.index_select(0, host_to(mb.tokens_T, x_TD.device))) for mb in lay.micro_batches]
@@ -274,22 +271,21 @@ class RankRuntime:
         block, mb = self.model.block(layer), self.lay.micro_batches[i]
         with self.clock.span("attention", layer, i):
             # prefill chunks keep the prefill form of MLA (the reference runs the whole prompt at once)
-            x_TD = block.attention(st.x_TD, self.caches[mb.group][layer], absorbed=self.absorbed)
+            x_TD = self.calls.attention(block, st.x_TD, self.caches[mb.group][layer], self.absorbed, (layer, i))
         st.attention_done = layer
         self._take_completions()  # progress between the layer's compute pieces
         if not block.is_moe:
             with self.clock.span("dense", layer, i):
-                z_TD = block.ffn_input(x_TD)
-                st.x_TD = (x_TD.float() + block.dense_forward(z_TD).float()).to(x_TD.dtype)
+                st.x_TD = self.calls.dense(block, x_TD, (layer, i))
             self._finish_layer(i, st)
             return
         j = layer - self.cfg.dense_layers
         r = self.plan.routing_PJ[self.pattern][j]
         rows = mb.tokens_T.numpy()
         with self.clock.span("gate", layer, i):
-            z_TD = block.ffn_input(x_TD)
-            ids_TK = host_to(torch.from_numpy(r.ids_TK[rows]), z_TD.device)
-            w_TK = planned_weights(block, z_TD, ids_TK)
+            # the plan's ids are valid by construction: no range check (a host synchronization)
+            ids_TK = host_to(torch.from_numpy(r.ids_TK[rows]), x_TD.device)
+            z_TD, w_TK = self.calls.gate(block, x_TD, ids_TK, (layer, i))
         key = j * len(self.mbs) + i
         self.next_key = key + 1
         plan = dp.plan_dispatch(key, r.slot_TK[rows], r.keep_TK[rows], w_TK, self.slots, self.tr.size)
@@ -314,7 +310,7 @@ class RankRuntime:
             self._arrived(ex, self.tr.rank)
         st.x_TD, st.exchange = x_TD, ex
         with self.clock.span("expert", layer, i):
-            st.shared_TD = block.shared_forward(z_TD)
+            st.shared_TD = self.calls.shared(block, z_TD, (layer, i))
 
     # ---------------------------------------------------------------------------------- waiting
     def _layer_of_key(self, key: int) -> int:

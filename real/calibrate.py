@@ -19,11 +19,12 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   every rank's tokens at once), by CUDA events, with the host time of each call (`host_s`: issuing its
   kernels, caches cold as in a run: `host_scrub`) -> `op_table` (per_node 0: a GPU per rank; median over
   ranks), and each rank's host time relative to the median rank's -> `host_factors` (the simulator runs
-  each GPU's host at one of them). Its `model` keys are per-operation signatures, so `paper` or
-  `deepseek-v3` with fewer experts or layers (E = G, E > G) reuses the attention, expert, shared and dense
-  entries; the gate, dispatch and combine depend on E and top-k: `--scenario FILE` (repeatable) measures
-  those scenario files' models instead of MODELS, each signature once, at the token counts their
-  micro-batches run (`real.op_points`);
+  each GPU's host at one of them). Attention, gate, shared and dense are replayed CUDA graphs, as the
+  runtime runs them by default (`real.graphs`, `moe.model.graphs`). Its `model` keys are per-operation
+  signatures, so `paper` or `deepseek-v3` with fewer experts or layers (E = G, E > G) reuses the
+  attention, expert, shared and dense entries; the gate, dispatch and combine depend on E and top-k:
+  `--scenario FILE` (repeatable) measures those scenario files' models instead of MODELS, each signature
+  once, at the token counts their micro-batches run (`real.op_points`);
 - the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
   `exchange`, host clock, every rank at once) over the same token grid -> `op_table`.
 Progress (four stages) on rank 0's stderr.
@@ -33,6 +34,7 @@ simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import statistics
@@ -131,13 +133,15 @@ def measure_gemms(models: Sequence[Model], rows: tuple[int, ...], repeats: int) 
     return out
 
 
-def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[dict]:
+def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int, graphs: bool = True) -> list[dict]:
     """Op-table points of `models` on this rank's GPU (moe.model.optable, CUDA-event timer); an operation
-    whose signature an earlier model already measured is not measured again."""
+    whose signature an earlier model already measured is not measured again. `graphs`: the model's
+    fixed-shape calls replayed as CUDA graphs, as the runtime issues them by default (`real.graphs`)."""
     import torch
     import torch.distributed as dist
 
     from emu.calibrate import runtime_ops
+    from moe.model.graphs import ModelCalls
     from moe.model.optable import measure
     from moe.model.shapes import OPS, op_signature
 
@@ -149,9 +153,8 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int) -> list[di
             continue
         seen.update((op, op_signature(m, op, wire)) for op in todo)
         timer = functools.partial(cuda_times_s, warmup=2, repeats=repeats, before=host_scrub())
-        out += measure(m, timer, grid, device=dev,
-                       ops=runtime_ops(dev, wire, host_wire=False), ranks=dist.get_world_size(), wire=wire,
-                       only=todo)
+        ops = dataclasses.replace(runtime_ops(dev, wire, host_wire=False), calls=ModelCalls(dev, graphs=graphs))
+        out += measure(m, timer, grid, device=dev, ops=ops, ranks=dist.get_world_size(), wire=wire, only=todo)
         torch.cuda.empty_cache()
     return out
 

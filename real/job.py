@@ -6,7 +6,8 @@ the emulator's; what differs here:
   device is the rank's GPU (NCCL) or the CPU (gloo); fault injection uses the `emu.fail_*` keys;
 - timing on a GPU: CUDA events (`real.timing.CudaClock`). A step is timed from an event recorded right
   after the barrier (every rank's GPU idle, hosts released together) to an event recorded once the compute
-  stream has waited for every transfer of the step; spans and layer ends are events on the streams.
+  stream has waited for every transfer of the step; spans and layer ends are events on the streams;
+- on a GPU the model's fixed-shape calls are replayed CUDA graphs (`moe.model.graphs`; `real.graphs`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from emu.job import Job, RankRecord, inputs
+from moe.model.graphs import ModelCalls
 from moe.spec.schema import Scenario
 from real.timing import CudaClock
 from real.transport import RealTransport
@@ -42,6 +44,7 @@ class RealJob(Job):
         if self.device != tr.device:
             raise RuntimeError(f"rank {tr.rank}: computing on {self.device} but the transport is on {tr.device}")
         self.tr: RealTransport = tr
+        self.runtime.calls = ModelCalls(self.device, tr.rank, graphs=scenario.real.graphs)
         if self.device.type == "cuda":
             self.clock = CudaClock(tr.now, tr.rank, moe_from=scenario.model.dense_layers)
             self.runtime.clock = self.clock

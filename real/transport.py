@@ -52,9 +52,9 @@ from emu import dispatch as dp
 from emu.faults import report_failure
 from emu.transport import Pending, Transport, WaitTimeout, poll_until
 from moe.errors import RunFailure
+from moe.model.graphs import Replays
 from real import symm
 from real.groups import Groups
-from real.replay import Replays
 from real.stall import ABORT_GRACE_S, Waiter, abort_nccl, guard
 
 PHASE_OF_KIND = {dp.KIND_PAYLOAD: "dispatch", dp.KIND_RESULT: "combine"}
@@ -116,7 +116,7 @@ class RealTransport(Transport):
             if self.cuda else {}
         self.in_flight: list[Group] = []
         self.replays = Replays(device, self.rank) if self.vdev else None
-        """nvshmem: the op and the counts derivation per slot, as CUDA graphs (`real.replay`)."""
+        """nvshmem: the op and the counts derivation per slot, as CUDA graphs (`moe.model.graphs`)."""
         self.reset()
 
     def reset(self) -> None:
@@ -160,7 +160,7 @@ class RealTransport(Transport):
         to the host, which waits for that stream alone. No counts all-to-all: no NCCL call and no wait for
         the peers to reach theirs. Eager, the derivation cost the host about as much as a counts all-to-all
         (4 x H100, two jobs: 0.31 against 0.30 ms; `benchmarks/README.md`), so it is replayed as one CUDA graph
-        per slot (`real.replay`)."""
+        per slot (`moe.model.graphs`)."""
         k = dp.key_of_tag(key)
         g = self.groups.get(("dispatch", k))
         if g is None or not g.issued:
@@ -288,7 +288,7 @@ class RealTransport(Transport):
         """One all_to_all_vdev of a group's rows on `stream`: copied into the slot's symmetric input, the rows
         per peer to the device (a dispatch's from the host, pinned, without blocking; a combine's from its
         dispatch's rows per source, device to device), then the op, replayed as a CUDA graph per slot
-        (`real.replay`). A kernel launch or copy costs the host 8-37 us on the H100 nodes
+        (`moe.model.graphs`). A kernel launch or copy costs the host 8-37 us on the H100 nodes
         (`benchmarks/real_host_time.py ops`), so there are as few as the op allows."""
         ph, slot = self.symm.of(g.phase), g.key % self.symm.slots  # prepared by the job (Transport.prepare)
         (buf,), (split,) = g.send
@@ -299,7 +299,7 @@ class RealTransport(Transport):
         n = int(rows_R.sum())
         symm.copy_rows(ph.rows(ph.inp[slot], n), buf.view(n, ph.row_bytes))
 
-        def op() -> None:  # replayed as a CUDA graph per slot (`real.replay`)
+        def op() -> None:  # replayed as a CUDA graph per slot (`moe.model.graphs`)
             if g.phase == "combine":  # results go back where the rows came from: the dispatch's rows per source
                 ph.splits[slot].copy_(self.symm.dispatch.out_so[slot][0])
             torch.ops.symm_mem.all_to_all_vdev(ph.inp[slot], ph.out[slot], ph.splits[slot], ph.out_so[slot],

@@ -67,7 +67,7 @@ def test_copy_rows_moves_the_bytes_into_and_out_of_a_padded_stride(row_bytes, wi
 def test_replays_run_eagerly_then_replay_the_captured_graph_in_place_and_fall_back_where_capture_fails():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from real.replay import EAGER, Replays
+    from moe.model.graphs import EAGER, Replays
 
     dev = torch.device("cuda", 0)
     x = torch.arange(8, dtype=torch.float32, device=dev)

@@ -26,7 +26,9 @@ Each operation (moe.model.shapes.OPS) is timed the way a runtime calls it, at a 
   kv_setup.decode    the same for T sequences of S cached tokens (KV_LAYERS layers together)
 dispatch, expert, combine and kv_setup are the runtime's protocol code, which moe never imports: the
 runtime passes them in as `RuntimeOps` (emu.calibrate builds them from emu.dispatch); without them the
-expert op times Block.expert_forward on FP8 rows and the others are skipped. The routing of dispatch and
+expert op times Block.expert_forward on FP8 rows and the others are skipped. Attention, gate, shared and
+dense go through `RuntimeOps.calls` (`moe.model.graphs.ModelCalls`), as the runtime issues them: eager, or
+replayed CUDA graphs (the real backend on a GPU). The routing of dispatch and
 combine is uniform top-K over E experts placed contiguously on `ranks` ranks.
 
 The timer is passed in (`Timer`: median seconds of a zero-argument call, warm-up included): CUDA events
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moe.model.graphs import ModelCalls
 from moe.model.model import build_layer, hidden_states
 from moe.model.shapes import op_signature
 from moe.spec.schema import Model
@@ -74,6 +77,8 @@ class RuntimeOps:
     shard: Callable[..., Call] | None = None
     combine: Callable[..., Call] | None = None
     kv_setup: Callable[..., Call] | None = None
+    calls: ModelCalls | None = None
+    """How attention, gate, shared and dense are issued (None: eagerly)."""
 
 
 @dataclass(frozen=True)
@@ -127,25 +132,27 @@ def _cache(block, batch: int, capacity: int, length: int):
     return cache
 
 
-def attention_calls(block, model: Model, grid: Grid, device, seed: int) -> Iterator[tuple[str, int, int, Call]]:
+def attention_calls(block, model: Model, grid: Grid, device, seed: int,
+                    calls: ModelCalls | None = None) -> Iterator[tuple[str, int, int, Call]]:
     """(op, T, S, call) for the prefill and decode attention points."""
+    calls = calls or ModelCalls(device, graphs=False)
     for t, s in grid.prefill:
         b, prior = (t // s, 0) if t >= s else (1, s - t)
         x_TD = hidden_states(model, t, seed, device=device)
         cache = _cache(block, b, s, prior)
 
-        def prefill(x_TD=x_TD, cache=cache, prior=prior):
+        def prefill(x_TD=x_TD, cache=cache, prior=prior, t=t, s=s):
             cache.length = prior  # the call appends its tokens after the cached ones
-            return block.attention(x_TD, cache, absorbed=False)
+            return calls.attention(block, x_TD, cache, False, ("prefill", t, s))
 
         yield "attention.prefill", t, s, prefill
     for b, s in grid.decode:
         x_TD = hidden_states(model, b, seed, device=device)
         cache = _cache(block, b, s + 1, s)  # contents do not change the time: zeros stand for the context
 
-        def decode(x_TD=x_TD, cache=cache, s=s):
+        def decode(x_TD=x_TD, cache=cache, b=b, s=s):
             cache.length = s
-            return block.attention(x_TD, cache)
+            return calls.attention(block, x_TD, cache, None, ("decode", b, s))
 
         yield "attention.decode", b, s, decode
 
@@ -153,6 +160,7 @@ def attention_calls(block, model: Model, grid: Grid, device, seed: int) -> Itera
 def token_calls(dense, moe, model: Model, grid: Grid, ops: RuntimeOps, ranks: int, wire: tuple[str, str],
                 device, seed: int) -> Iterator[tuple[str, int, int, Call]]:
     """(op, T, 0, call) for the per-token operations."""
+    calls = ops.calls or ModelCalls(device, graphs=False)
     gen = torch.Generator().manual_seed(seed)
     slots = -(-model.experts // ranks)
     for t in grid.tokens:
@@ -161,20 +169,15 @@ def token_calls(dense, moe, model: Model, grid: Grid, ops: RuntimeOps, ranks: in
         ids_t = torch.from_numpy(ids_TK).to(device)
         z_TD = moe.ffn_input(x_TD)
         w_TK = moe.gate.weights(moe.gate.scores(z_TD), ids_t)
-        yield "gate", t, 0, lambda x_TD=x_TD, ids=ids_t: moe.gate.weights(moe.gate.scores(moe.ffn_input(x_TD)), ids)
+        yield "gate", t, 0, lambda x_TD=x_TD, ids=ids_t, t=t: calls.gate(moe, x_TD, ids, ("gate", t))
         if ops.dispatch is not None:
             yield "dispatch", t, 0, ops.dispatch(z_TD, ids_TK, w_TK, slots, ranks)
         shared_TD = moe.shared_forward(z_TD)
         if moe.shared is not None:
-            yield "shared", t, 0, lambda z_TD=z_TD: moe.shared_forward(z_TD)
+            yield "shared", t, 0, lambda z_TD=z_TD, t=t: calls.shared(moe, z_TD, ("shared", t))
         if ops.combine is not None:
             yield "combine", t, 0, ops.combine(x_TD, shared_TD, ids_TK, w_TK, slots, ranks)
-
-        def dense_span(x_TD=x_TD):
-            z = dense.ffn_input(x_TD)
-            return (x_TD.float() + dense.dense_forward(z).float()).to(x_TD.dtype)
-
-        yield "dense", t, 0, dense_span
+        yield "dense", t, 0, lambda x_TD=x_TD, t=t: calls.dense(dense, x_TD, ("dense", t))
 
 
 def cycle_experts(model: Model) -> int:
@@ -222,7 +225,7 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
 
     points = []
     with torch.inference_mode():
-        calls = [attention_calls(dense, model, grid, device, seed) if want("attention.") else (),
+        calls = [attention_calls(dense, model, grid, device, seed, ops.calls) if want("attention.") else (),
                  token_calls(dense, moe, model, grid, ops, ranks, wire, device, seed)
                  if any(want(op) for op in ("gate", "dispatch", "shared", "combine", "dense")) else (),
                  expert_calls(moe, model, grid, ops, device, seed) if want("expert") else ()]

@@ -273,6 +273,9 @@ class RealOptions(Section):
     """p2p: batch_isend_irecv of shards; all_to_all: all_to_all_single with splits (both NCCL, the receivers'
     sizes exchanged first); nvshmem: PyTorch's NVSHMEM all_to_all_vdev, splits on the device (`real.symm`;
     GPUs with NVSHMEM only)."""
+    graphs: bool = True
+    """On a GPU, the model's fixed-shape calls (attention, dense FFN, gate, shared experts) are captured as CUDA
+    graphs per (layer, micro-batch) and replayed (`moe.model.graphs`); false: issued eagerly, op by op."""
     warmup: NonNegInt = 2
     repeats: PosInt = 5
     timeout_s: PosFloat = 120.0

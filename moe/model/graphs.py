@@ -1,0 +1,132 @@
+"""CUDA-graph replay of fixed-shape work: the model's calls whose shapes a (layer, micro-batch) fixes
+(`ModelCalls`), and the nvshmem transport's op and counts (`real.transport`), each captured once per key and
+replayed with one host call instead of one per operation.
+
+Why: on the H100 nodes every torch call costs the host 8-37 us or more (`benchmarks/real_host_time.py ops`),
+so an eager attention call costs the host about 3 ms whatever its size, while the device needs 0.5 ms for
+256 tokens (`benchmarks/measured/h100-2026-11-27b/graph_ops.log`): the step waits for the host, not the GPU.
+Serving runtimes replay CUDA graphs for the same reason.
+
+`Replays.run(key, body, *inputs)` runs body(*inputs) eagerly on a key's first use (it warms the kernels and
+allocates what they need), captures it on the second and replays it after that. A captured body reads its
+inputs from fixed buffers: inputs that are a replay's outputs (stable buffers) are read where they are,
+others are cloned once at capture and copied into at each replay (one host call; skipped when the caller
+passes the buffer itself). The outputs are the same tensors at every replay, rewritten in place, so a
+key's outputs are valid until its next replay: keys must separate whatever is alive at once (the runtime
+keys by layer and micro-batch). Host-side effects of a body (Python state) happen at the eager run and at
+capture only; `ModelCalls.attention` redoes the one it has (the cache's length). Each graph keeps its own
+memory pool (replays never share intermediates, whatever their order). Capture runs on a side stream;
+where it fails, the key runs eagerly from then on, said once on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+WARM, EAGER = "warm", "eager"
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+class Replays:
+    def __init__(self, device: torch.device, rank: int, what: str = "nvshmem"):
+        self.device, self.rank, self.what = device, rank, what
+        self.state: dict[Hashable, Any] = {}
+        """key -> WARM after the first (eager) run; then (graph, static inputs, outputs); EAGER where capture
+        failed."""
+        self.stable: set[int] = set()
+        """Data pointers of every replay's outputs: inputs there are read in place."""
+
+    def clear(self) -> None:
+        """Forget every graph (their buffers are about to change: a new job's)."""
+        self.state, self.stable = {}, set()
+
+    def run(self, key: Hashable, body: Callable[..., Any], *inputs: torch.Tensor) -> Any:
+        """body(*inputs) on the current stream: eagerly the first time, captured the second, replayed after."""
+        state = self.state.get(key)
+        if state is None or state == EAGER:
+            self.state.setdefault(key, WARM)
+            return body(*inputs)
+        if state == WARM:
+            statics = tuple(t if t.data_ptr() in self.stable else t.clone() for t in inputs)
+            graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            try:
+                with torch.cuda.stream(side):
+                    graph.capture_begin(capture_error_mode="thread_local")
+                    try:
+                        out = body(*statics)
+                    finally:
+                        graph.capture_end()
+            except RuntimeError as err:
+                print(f"moetb real: rank {self.rank}: {self.what} {key} not captured as a CUDA graph, runs "
+                      f"eagerly ({str(err).splitlines()[0]})", file=sys.stderr)
+                self.state[key] = EAGER
+                return body(*inputs)
+            state = self.state[key] = (graph, statics, out)
+            self.stable.update(t.data_ptr() for t in _tensors(out))
+        graph, statics, out = state
+        for s, t in zip(statics, inputs, strict=True):
+            if s.data_ptr() != t.data_ptr():
+                s.copy_(t)
+        graph.replay()
+        return out
+
+
+class ModelCalls:
+    """The runtime's fixed-shape model calls, each under a caller's `tag` that separates outputs alive at
+    once (the runtime's (layer, micro-batch)). Eager on a CPU or with `graphs` off; on a GPU replayed CUDA
+    graphs (`Replays`), keyed by the tag and the shapes (and, for attention, the cache and its length)."""
+
+    def __init__(self, device: torch.device | str, rank: int = 0, graphs: bool = True):
+        device = torch.device(device)
+        self.replays = Replays(device, rank, "model call") if graphs and device.type == "cuda" else None
+
+    def clear(self) -> None:
+        if self.replays is not None:
+            self.replays.clear()
+
+    def _run(self, key: Hashable, body: Callable[..., Any], *inputs: torch.Tensor) -> Any:
+        return body(*inputs) if self.replays is None else self.replays.run(key, body, *inputs)
+
+    def attention(self, block, x_TD: torch.Tensor, cache, absorbed: bool | None, tag: Hashable) -> torch.Tensor:
+        """block.attention(x_TD, cache, absorbed=absorbed); the cache's length advances as the call's does."""
+        before = cache.length
+        key = ("attention", tag, id(block), cache.data_BSW.data_ptr(), before, tuple(x_TD.shape), x_TD.dtype,
+               absorbed)
+        out = self._run(key, lambda x: block.attention(x, cache, absorbed=absorbed), x_TD)
+        cache.length = before + x_TD.shape[0] // cache.batch  # a replay does not run the Python that does it
+        return out
+
+    def dense(self, block, x_TD: torch.Tensor, tag: Hashable) -> torch.Tensor:
+        """x + dense FFN(ffn_norm(x)), summed in float32, in x's dtype."""
+        def body(x):
+            return (x.float() + block.dense_forward(block.ffn_input(x)).float()).to(x.dtype)
+
+        return self._run(("dense", tag, id(block), tuple(x_TD.shape), x_TD.dtype), body, x_TD)
+
+    def gate(self, block, x_TD: torch.Tensor, ids_TK: torch.Tensor, tag: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_TD = ffn_norm(x), weights_TK of the given expert ids), as `Block.route(z, ids)` computes the
+        weights, without its range check of the ids (a host synchronization)."""
+        def body(x, ids):
+            z = block.ffn_input(x)
+            return z, block.gate.weights(block.gate.scores(z), ids)
+
+        key = ("gate", tag, id(block), tuple(x_TD.shape), x_TD.dtype, tuple(ids_TK.shape))
+        return self._run(key, body, x_TD, ids_TK)
+
+    def shared(self, block, z_TD: torch.Tensor, tag: Hashable) -> torch.Tensor | None:
+        """The shared experts' float32 sum on z, or None without shared experts."""
+        if block.shared is None:
+            return None
+        return self._run(("shared", tag, id(block), tuple(z_TD.shape), z_TD.dtype), block.shared_forward, z_TD)
