@@ -17,7 +17,8 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   `runtime_ops`, received rows on the device as NCCL leaves them) of every model in MODELS, over the
   token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
   every rank's tokens at once), by CUDA events, with the host time of each call (`host_s`: issuing its
-  kernels, caches cold as in a run: `host_scrub`) -> `op_table` (per_node 0: a GPU per rank; median over
+  kernels, caches cold as in a run: `host_scrub`) and of its kernels with the host ahead (`device_s`:
+  `op_times_s`, what the simulator's device runs) -> `op_table` (per_node 0: a GPU per rank; median over
   ranks), and each rank's host time relative to the median rank's -> `host_factors` (the simulator runs
   each GPU's host at one of them). Attention, gate, shared and dense are replayed CUDA graphs, as the
   runtime runs them by default (`real.graphs`, `moe.model.graphs`). Its `model` keys are per-operation
@@ -86,31 +87,80 @@ def host_scrub() -> Callable[[], object]:
     return flusher(SCRUB_BYTES)
 
 
+AHEAD_MARGIN_S = 200e-6
+"""Spare device sleep beyond twice the slowest issue of the idle pass (`cuda_times_s`)."""
+
+
+@functools.cache
+def _sleep_cycles_per_s() -> float:
+    """Clock cycles per second of `torch.cuda._sleep` on this GPU (one timed 2M-cycle sleep after a warm one)."""
+    import torch
+
+    torch.cuda._sleep(1000)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(2_000_000)
+    end.record()
+    end.synchronize()
+    return 2_000_000 / (start.elapsed_time(end) / 1e3)
+
+
+def _events_s(fn: Callable[[], object], sleep_cycles: int = 0) -> tuple[float, float]:
+    """(CUDA-event seconds, host seconds) of one call of fn(), queued behind a device sleep when given."""
+    import time
+
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if sleep_cycles:
+        torch.cuda._sleep(sleep_cycles)
+    start.record()
+    t0 = time.perf_counter()
+    fn()
+    host = time.perf_counter() - t0
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3, host
+
+
 def cuda_times_s(fn: Callable[[], object], warmup: int, repeats: int,
                  before: Callable[[], object] | None = None) -> tuple[float, float]:
     """(device, host) median seconds of fn(), each call on an idle GPU, after `warmup` calls: CUDA events
     around the call, and the host clock from the call to its return (issuing its kernels). `before`
     (host work, e.g. `host_scrub()`) runs untimed before each timed call."""
-    import time
+    idle, host = _idle_pass(fn, warmup, repeats, before)
+    return statistics.median(idle), statistics.median(host)
 
+
+def _idle_pass(fn, warmup: int, repeats: int, before) -> tuple[list[float], list[float]]:
     import torch
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    samples, host = [], []
+    idle, host = [], []
     for _ in range(repeats):
         if before is not None:
             before()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        t0 = time.perf_counter()
-        fn()
-        host.append(time.perf_counter() - t0)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(samples), statistics.median(host)
+        d, h = _events_s(fn)
+        idle.append(d)
+        host.append(h)
+    return idle, host
+
+
+def op_times_s(fn: Callable[[], object], warmup: int, repeats: int,
+               before: Callable[[], object] | None = None) -> tuple[float, float, float]:
+    """(device, host, device with the host ahead) median seconds of an op-table call: `cuda_times_s`'s idle
+    pass, then `repeats` calls each queued behind a device sleep of twice the idle pass's slowest issue plus
+    AHEAD_MARGIN_S, so its kernels run back to back and never wait for the host. A host-bound call's idle
+    time holds this host's issue pace, which the simulator's host model charges apart (`host_s`); the ahead
+    time holds only the device's work (one H100: 200 small kernels take 0.39 ms so against 2.1 ms on an
+    idle GPU, `benchmarks/measured/h100x4-2026-11-27i/ahead_check.*`). A call that synchronizes inside
+    waits out the sleep there, and its ahead time holds the issue after that point, as on an idle GPU."""
+    idle, host = _idle_pass(fn, warmup, repeats, before)
+    cycles = int((2 * max(host) + AHEAD_MARGIN_S) * _sleep_cycles_per_s())
+    ahead = [_events_s(fn, cycles)[0] for _ in range(repeats)]
+    return statistics.median(idle), statistics.median(host), statistics.median(ahead)
 
 
 def measure_gemms(models: Sequence[Model], rows: tuple[int, ...], repeats: int) -> list[dict]:
@@ -152,7 +202,7 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int, graphs: bo
         if not todo:
             continue
         seen.update((op, op_signature(m, op, wire)) for op in todo)
-        timer = functools.partial(cuda_times_s, warmup=2, repeats=repeats, before=host_scrub())
+        timer = functools.partial(op_times_s, warmup=2, repeats=repeats, before=host_scrub())
         ops = dataclasses.replace(runtime_ops(dev, wire, host_wire=False), calls=ModelCalls(dev, graphs=graphs))
         out += measure(m, timer, grid, device=dev, ops=ops, ranks=dist.get_world_size(), wire=wire, only=todo)
         torch.cuda.empty_cache()
@@ -338,7 +388,8 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
         "comm_copy_GBps": 0.0,  # NCCL's copies are inside the measured link bandwidth
         "alltoall_curve": a2a,
         "p2p_curve": p2p,
-        "op_table": [{**p, **{k: statistics.median(r[i][k] for r in op_runs) for k in ("s", "host_s") if k in p}}
+        "op_table": [{**p, **{k: statistics.median(r[i][k] for r in op_runs) for k in ("s", "host_s", "device_s")
+                              if k in p}}
                      for i, p in enumerate(op_runs[0])] + exchange,
         "host_factors": host_factors(op_runs),
         "host_probe_s": calibration_probe(probes, "op table and exchange stages"),

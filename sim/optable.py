@@ -45,8 +45,8 @@ def _index(table: tuple[OpPoint, ...]) -> dict[tuple[str, str], dict[int, list[O
 @lru_cache(maxsize=1024)
 def _curves(table: tuple[OpPoint, ...], op: str, signature: str, per_node: int,
             field: str = "s") -> tuple[tuple[int, Curve], ...] | None:
-    """The chosen points' `field` ("s" or "host_s") as (context, curve) pairs, contexts ascending; None
-    without points (or, for host_s, where a chosen point lacks it)."""
+    """The chosen points' `field` ("s", "host_s" or "device_s") as (context, curve) pairs, contexts
+    ascending; None without points or where a chosen point lacks the field."""
     by_share = _index(table).get((op, signature))
     if not by_share:
         return None
@@ -91,9 +91,11 @@ def op_floor_s(cluster: Cluster, op: str, signature: str) -> float | None:
 
 
 def op_time_s(cluster: Cluster, op: str, signature: str, tokens, context: float = 0.0):
-    """Measured seconds of `op` on `tokens` (scalar or array; 0 tokens take 0 s) with `context` keys per
-    sequence, or None when the table has no such operation."""
-    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
+    """Measured device seconds of `op` on `tokens` (scalar or array; 0 tokens take 0 s) with `context` keys
+    per sequence: the points' `device_s` (timed with the host ahead) where every chosen point has it, else
+    their `s`; None when the table has no such operation."""
+    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node, "device_s") \
+        or _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
     return None if curves is None else _lookup(curves, tokens, context)
 
 

@@ -36,6 +36,21 @@ def test_tokens_interpolate_inside_hold_below_and_scale_per_token_above():
     assert op_time_s(c, "dense", "sig", 40) is None
 
 
+def test_device_time_is_the_host_ahead_timing_where_every_point_has_it():
+    both = [{**p, "device_s": p["s"] / 4} for p in pts("gate", "sig", [(16, 1e-3), (64, 2e-3)])]
+    assert op_time_s(cluster(both), "gate", "sig", 40) == pytest.approx(1.5e-3 / 4)
+    one_lacks = both[:1] + pts("gate", "sig", [(64, 2e-3)])  # an older point: the idle-GPU times throughout
+    assert op_time_s(cluster(one_lacks), "gate", "sig", 40) == pytest.approx(1.5e-3)
+
+
+def test_op_points_carry_each_part_of_a_timers_answer_per_unit():
+    from moe.model.optable import _net, _point
+
+    p = _point("expert", "sig", 64, 0, _net((4e-3, 2e-3, 1e-3), (1e-3, 1e-3, 5e-4)), share=2)
+    assert (p["s"], p["host_s"], p["device_s"]) == pytest.approx((1.5e-3, 5e-4, 2.5e-4))
+    assert "device_s" not in _point("gate", "sig", 64, 0, (1e-3, 5e-4)) and "host_s" not in _point("g", "s", 1, 0, 1e-3)
+
+
 def test_contexts_interpolate_and_extrapolate_linearly_with_a_floor():
     c = cluster(pts("attention.prefill", "a", [(512, 10e-3)], 256)
                 + pts("attention.prefill", "a", [(512, 40e-3)], 1024))

@@ -57,9 +57,10 @@ KV_LAYERS = 4
 layers are live together, as in a run, and the point is their time per layer)."""
 CYCLE_ROWS = 4096
 """At most this many rows in a cycled expert call (beyond it the rows, not the weights, take the time)."""
-Timer = Callable[[Callable[[], object]], "float | tuple[float, float]"]
+Timer = Callable[[Callable[[], object]], "float | tuple[float, ...]"]
 """Median seconds of fn() after warm-up (the caller's clock and synchronization), or (seconds, host
-seconds of the call): a GPU's timer also reports what issuing the call cost the host."""
+seconds of the call[, device seconds with the host ahead]): a GPU's timer also reports what issuing the
+call cost the host and what its kernels take when they never wait for the host."""
 Call = Callable[[], object]
 
 
@@ -109,17 +110,17 @@ def uniform_routing(tokens: int, experts: int, top_k: int, gen: torch.Generator)
     return torch.rand(tokens, experts, generator=gen).argsort(dim=1)[:, :top_k].numpy()
 
 
-def _point(op: str, sig: str, tokens: int, context: int, timed: float | tuple[float, float], share: int = 1) -> dict:
+def _point(op: str, sig: str, tokens: int, context: int, timed: float | tuple[float, ...], share: int = 1) -> dict:
     """An OpPoint of a timer's answer for a call that did `share` units of the op."""
-    s, host = timed if isinstance(timed, tuple) else (timed, None)
+    s, *more = timed if isinstance(timed, tuple) else (timed,)
     point = {"op": op, "model": sig, "tokens": int(tokens), "context": int(context), "s": float(s) / share}
-    if host is not None:
-        point["host_s"] = float(host) / share
+    for key, value in zip(("host_s", "device_s"), more, strict=False):
+        point[key] = float(value) / share
     return point
 
 
 def _net(timed, base, floor: float = 1e-9):
-    """A timer's answer less another's (float or (seconds, host seconds)), each part at least `floor`
+    """A timer's answer less another's (float or a tuple of seconds), each part at least `floor`
     (noise can make a small difference negative; an OpPoint's seconds are positive)."""
     if isinstance(timed, tuple):
         return tuple(max(floor, a - b) for a, b in zip(timed, base, strict=True))

@@ -110,6 +110,10 @@ class OpPoint(Section):
     host_s: NonNegFloat | None = None
     """Host seconds of the call (GPU calibration: from the call to its return, the device running its
     kernels meanwhile): the cost of issuing it, which the simulator's host model charges (sim.costs)."""
+    device_s: PosFloat | None = None
+    """Device seconds of the call with the host ahead (GPU calibration: its kernels queued behind a device
+    sleep run back to back); `s` is timed on an idle GPU, where a host-bound call's kernels wait for the
+    host. The simulator's device time where every chosen point has it (sim.optable)."""
 
 
 class Cluster(Section):
