@@ -236,9 +236,10 @@ def op_timer(comm, together: bool) -> Callable[[Callable[[], object]], float]:
     return lambda fn: median_time_s(fn, 1, 3, before=before)
 
 
-def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True):
+def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = True, calls=None):
     """moe.model.optable.RuntimeOps from the calls the runtime makes (emu.dispatch, emu.microbatch).
-    `host_wire`: received rows sit in host buffers (MPI), else on the device (NCCL)."""
+    `host_wire`: received rows sit in host buffers (MPI), else on the device (NCCL). `calls`: the model's
+    calls as the runtime issues them (`moe.model.graphs.ModelCalls`; None: eagerly)."""
     from types import SimpleNamespace
 
     from emu import dispatch as dp
@@ -264,7 +265,7 @@ def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = T
         rows_MB = pack(x_RD, wire[0], head=meta_MC.to(x_RD.device).view(torch.uint8)).to(buf_dev)
         slot_rows = np.bincount(slot_RK[slot_RK >= 0], minlength=len(expert_of_slot))
         return lambda: dp.compute_shard(block, expert_of_slot, 0, rows_MB, x_RD.shape[1], wire[0], wire[1],
-                                        device, slot_rows_S=slot_rows)
+                                        device, slot_rows_S=slot_rows, calls=calls)
 
     def combine(x_TD, shared_TD, ids_TK, w_TK, slots, ranks):
         plan = dp.plan_dispatch(0, ids_TK, np.ones(ids_TK.shape, dtype=bool), w_TK, slots, ranks)
@@ -289,7 +290,7 @@ def runtime_ops(device: torch.device, wire: tuple[str, str], host_wire: bool = T
         caches = new_caches(stack, lay, 0)  # built once per job; each step rewinds them (emu.runtime)
         return lambda: rewind(caches, lay)
 
-    return RuntimeOps(dispatch=dispatch, shard=shard, combine=combine, kv_setup=kv_setup)
+    return RuntimeOps(dispatch=dispatch, shard=shard, combine=combine, kv_setup=kv_setup, calls=calls)
 
 
 def sleep_barrier(comm, poll_s: float = 1e-3) -> None:

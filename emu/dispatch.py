@@ -50,9 +50,12 @@ import torch
 
 from emu.transport import Pending, Transport, host_to
 from moe.model.fp8 import pack, unpack, wire_bytes_per_token
+from moe.model.graphs import ModelCalls
 from moe.spec.sizes import ROUTING_META_BYTES_PER_CHOICE, dispatch_row_bytes
 
 KIND_COUNTS, KIND_PAYLOAD, KIND_RESULT = 0, 1, 3
+EAGER_CALLS = ModelCalls("cpu", graphs=False)
+"""Expert calls issued eagerly (`compute_shard` without the runtime's calls)."""
 MAX_KEY = 7999
 """Largest (layer, micro-batch) key: tags stay below 32000, under the 32767 every MPI guarantees."""
 
@@ -324,13 +327,16 @@ def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def compute_shard(block, expert_of_slot: list[int], first_slot: int, rows_MB: torch.Tensor, hidden: int,
                   dispatch_dtype: str, combine_dtype: str, device: torch.device,
-                  progress: Callable[[], object] | None = None, slot_rows_S: np.ndarray | None = None) -> torch.Tensor:
+                  progress: Callable[[], object] | None = None, slot_rows_S: np.ndarray | None = None,
+                  calls: ModelCalls | None = None) -> torch.Tensor:
     """Receiver side: each local expert (local slot s holds expert_of_slot[s]; global slot first_slot + s)
     on the rows that chose it, summed with the routing weights in float32, as combine wire rows [M, V].
     `block.expert_forward(expert, x)` takes FP8 payload + scales. `progress` is called between experts,
     so transfers in flight keep moving during a long shard. `slot_rows_S`: (row, choice) pairs per local
     slot (from the counts); given, the rows are grouped by one stable sort on the device with no host
-    synchronization, else by a nonzero per slot."""
+    synchronization, else by a nonzero per slot. `calls`: how each expert call is issued
+    (`moe.model.graphs.ModelCalls.expert`; None: eagerly)."""
+    calls = calls or EAGER_CALLS
     # the received host rows go to the compute device; what is needed is copied out of them (unpack, the
     # meta's own buffer), so the receive buffer can be reused after
     rows_MB = rows_MB.to(device)
@@ -357,7 +363,7 @@ def compute_shard(block, expert_of_slot: list[int], first_slot: int, rows_MB: to
             rows, cols = torch.nonzero(slot_MK == s, as_tuple=True)  # host sync: sizes decide the GEMM
             if len(rows) == 0:
                 continue
-        y_RD = block.expert_forward(expert, x.index_select(rows) if hasattr(x, "q_TD") else x.index_select(0, rows))
+        y_RD = calls.expert(block, expert, x, rows)  # read at once: valid until the next expert call
         out_MD.index_add_(0, rows, y_RD.float() * w_MK[rows, cols, None])
         if progress is not None:
             progress()

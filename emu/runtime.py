@@ -196,7 +196,8 @@ class RankRuntime:
                 result_MV = dp.compute_shard(block, self.expert_of_slot, self.tr.rank * self.slots,
                                              dp.cat_rows(parts), self.cfg.hidden, self.sched.dispatch_dtype,
                                              self.sched.combine_dtype, self.device,
-                                             progress=self._take_completions, slot_rows_S=slot_rows_S)
+                                             progress=self._take_completions, slot_rows_S=slot_rows_S,
+                                             calls=self.calls)
         else:  # a grouped transport's exchange that brought this rank nothing: an empty result joins it
             result_MV = torch.empty(0, ex.result_row_bytes, dtype=torch.uint8, device=self.device)
         for s in sources:

@@ -20,10 +20,10 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   kernels, caches cold as in a run: `host_scrub`) and of its kernels with the host ahead (`device_s`:
   `op_times_s`, what the simulator's device runs) -> `op_table` (per_node 0: a GPU per rank; median over
   ranks), and each rank's host time relative to the median rank's -> `host_factors` (the simulator runs
-  each GPU's host at one of them). Attention, gate, shared and dense are replayed CUDA graphs, as the
-  runtime runs them by default (`real.graphs`, `moe.model.graphs`). Its `model` keys are per-operation
-  signatures, so `paper` or `deepseek-v3` with fewer experts or layers (E = G, E > G) reuses the
-  attention, expert, shared and dense entries; the gate, dispatch and combine depend on E and top-k:
+  each GPU's host at one of them). Attention, gate, shared, dense and each expert call are replayed CUDA
+  graphs, as the runtime runs them by default (`real.graphs`, `moe.model.graphs`). Its `model` keys are
+  per-operation signatures, so `paper` or `deepseek-v3` with fewer experts or layers (E = G, E > G) reuses
+  the attention, expert, shared and dense entries; the gate, dispatch and combine depend on E and top-k:
   `--scenario FILE` (repeatable) measures those scenario files' models instead of MODELS, each signature
   once, at the token counts their micro-batches run (`real.op_points`);
 - the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
@@ -35,7 +35,6 @@ simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
 import statistics
@@ -203,7 +202,7 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int, graphs: bo
             continue
         seen.update((op, op_signature(m, op, wire)) for op in todo)
         timer = functools.partial(op_times_s, warmup=2, repeats=repeats, before=host_scrub())
-        ops = dataclasses.replace(runtime_ops(dev, wire, host_wire=False), calls=ModelCalls(dev, graphs=graphs))
+        ops = runtime_ops(dev, wire, host_wire=False, calls=ModelCalls(dev, graphs=graphs))
         out += measure(m, timer, grid, device=dev, ops=ops, ranks=dist.get_world_size(), wire=wire, only=todo)
         torch.cuda.empty_cache()
     return out

@@ -198,9 +198,10 @@ def attention_tp_comm_s(s: Scenario, tokens: float) -> float:
 
 def expert_s(s: Scenario, rows_per_slot) -> np.ndarray:
     """Routed-expert seconds of one task over `rows_per_slot` (last axis: the GPU's slots): with the
-    runtime's `expert` op measured, one expert call per slot with rows (summed); else grouped kernels."""
+    runtime's `expert` op measured, one expert call per slot with rows (summed), each on the rows it runs:
+    on a GPU with `real.graphs` a captured call's padded rows (`sizes.graph_rows`); else grouped kernels."""
     r = np.asarray(rows_per_slot, dtype=np.float64)
-    t = measured(s, "expert", r)
+    t = measured(s, "expert", sizes.graph_rows(r) if graph_padding(s) else r)
     if t is None:
         return grouped_expert_s(s, r)
     return np.where(r > 0, t, 0.0).sum(axis=-1)
@@ -286,6 +287,12 @@ def host_model(s: Scenario) -> bool:
     the scenario runs as the table was measured (no attention TP)."""
     return s.parallel.attention_tp == 1 and bool(s.model.moe_layers) \
         and has_op(s.cluster, shapes.EXCHANGE, shapes.op_signature(s.model, shapes.EXCHANGE, wire(s)))
+
+
+def graph_padding(s: Scenario) -> bool:
+    """Whether expert calls run on padded rows: the real runtime's CUDA graphs (`real.graphs`) on a GPU
+    table (`host_model`: GPU calibrations measure the host's side)."""
+    return s.real.graphs and host_model(s)
 
 
 def host_factors(s: Scenario) -> tuple[float, ...]:

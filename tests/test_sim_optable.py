@@ -128,6 +128,17 @@ def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measu
     assert (plain.host_front_s, plain.host_attention_s, plain.pack_s) == (0.0, 0.0, pytest.approx(64e-5))
 
 
+def test_expert_calls_cost_their_padded_rows_where_the_real_runtime_replays_them():
+    base = tiny_scenario()
+    exchange = pts("exchange", op_signature(base.model, "exchange"), [(16, 3e-3)])
+    gpu = tiny_scenario(full_table(base.model) + exchange)  # the host model's table: a GPU calibration
+    eager = tiny_scenario(full_table(base.model) + exchange, real={"graphs": False})
+    cpu = tiny_scenario(full_table(base.model))
+    assert float(costs.expert_s(gpu, [300.0, 17.0])) == pytest.approx((304 + 32) * 1e-5)  # sizes.graph_rows
+    assert float(costs.expert_s(eager, [300.0, 17.0])) == pytest.approx(317e-5)
+    assert float(costs.expert_s(cpu, [300.0, 17.0])) == pytest.approx(317e-5)
+
+
 def test_a_host_bound_step_takes_the_hosts_time_and_a_device_bound_one_hides_it():
     """One GPU: with every issue cost above the device's work the stream waits for the host at every task,
     so the step is the host's total; with negligible issue costs the host stays ahead (sim.executor)."""

@@ -1,6 +1,6 @@
-"""CUDA-graph replay of fixed-shape work: the model's calls whose shapes a (layer, micro-batch) fixes
-(`ModelCalls`), and the nvshmem transport's op and counts (`real.transport`), each captured once per key and
-replayed with one host call instead of one per operation.
+"""CUDA-graph replay of fixed-shape work: the model's calls whose shapes a (layer, micro-batch) fixes and the
+routed experts on padded row counts (`ModelCalls`), and the nvshmem transport's op and counts
+(`real.transport`), each captured once per key and replayed with one host call instead of one per operation.
 
 Why: on the H100 nodes every torch call costs the host 8-37 us or more (`benchmarks/real_host_time.py ops`),
 so an eager attention call costs the host about 3 ms whatever its size, while the device needs 0.5 ms for
@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
+from moe.model.fp8 import Fp8Act
+from moe.spec.sizes import graph_rows
+
 WARM, EAGER = "warm", "eager"
-
-
 def _tensors(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -39,8 +40,11 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 class Replays:
-    def __init__(self, device: torch.device, rank: int, what: str = "nvshmem"):
+    def __init__(self, device: torch.device, rank: int, what: str = "nvshmem", shared_pool: bool = False):
         self.device, self.rank, self.what = device, rank, what
+        self.pool = torch.cuda.graph_pool_handle() if shared_pool else None
+        """One memory pool for every graph (`ModelCalls.expert`: bodies whose outputs are copied out at once,
+        so no graph's memory is alive past its replay); None: a pool of its own per graph."""
         self.state: dict[Hashable, Any] = {}
         """key -> WARM after the first (eager) run; then (graph, static inputs, outputs); EAGER where capture
         failed."""
@@ -63,7 +67,7 @@ class Replays:
             side.wait_stream(torch.cuda.current_stream(self.device))
             try:
                 with torch.cuda.stream(side):
-                    graph.capture_begin(capture_error_mode="thread_local")
+                    graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
                     try:
                         out = body(*statics)
                     finally:
@@ -89,12 +93,17 @@ class ModelCalls:
     graphs (`Replays`), keyed by the tag and the shapes (and, for attention, the cache and its length)."""
 
     def __init__(self, device: torch.device | str, rank: int = 0, graphs: bool = True):
-        device = torch.device(device)
-        self.replays = Replays(device, rank, "model call") if graphs and device.type == "cuda" else None
+        self.device = torch.device(device)
+        on = graphs and self.device.type == "cuda"
+        self.replays = Replays(self.device, rank, "model call") if on else None
+        self.expert_replays = Replays(self.device, rank, "expert call", shared_pool=True) if on else None
+        self.staging: dict[Hashable, list[torch.Tensor]] = {}
+        """Expert calls' fixed input and output buffers (the inputs' parts, then the output), by layout."""
 
     def clear(self) -> None:
-        if self.replays is not None:
-            self.replays.clear()
+        for r in (self.replays, self.expert_replays):
+            if r is not None:
+                r.clear()
 
     def _run(self, key: Hashable, body: Callable[..., Any], *inputs: torch.Tensor) -> Any:
         return body(*inputs) if self.replays is None else self.replays.run(key, body, *inputs)
@@ -124,6 +133,42 @@ class ModelCalls:
 
         key = ("gate", tag, id(block), tuple(x_TD.shape), x_TD.dtype, tuple(ids_TK.shape))
         return self._run(key, body, x_TD, ids_TK)
+
+    def expert(self, block, expert: int, x: torch.Tensor | Fp8Act, rows_R: torch.Tensor) -> torch.Tensor:
+        """block.expert_forward(expert, x[rows_R]) [R, D] for a shard's rows x (FP8 payload + scales, or a float
+        tensor) and a device index tensor rows_R. Captured: the rows are gathered into fixed buffers of
+        `graph_rows(R)` rows, one graph per (block, expert, padded rows) computes them into a fixed output,
+        and the first R rows are returned: a view valid until the next expert call (read it at once). Every
+        expert graph shares one memory pool and the buffers (`Replays(shared_pool=True)`)."""
+        if self.expert_replays is None:
+            return block.expert_forward(expert, x.index_select(rows_R) if isinstance(x, Fp8Act)
+                                        else x.index_select(0, rows_R))
+        r, fp8 = rows_R.shape[0], isinstance(x, Fp8Act)
+        b = graph_rows(r)
+        parts = (x.q_TD, x.scale_TG) if fp8 else (x,)
+        *ins, out = self._staging(parts, b, block.act_dtype)
+        for src, dst in zip(parts, ins, strict=True):
+            torch.index_select(src, 0, rows_R, out=dst[:r])
+
+        def body():
+            x_b = Fp8Act(ins[0][:b], ins[1][:b]) if fp8 else ins[0][:b]
+            return out[:b].copy_(block.expert_forward(expert, x_b))
+
+        return self.expert_replays.run(("expert", id(block), expert, b, fp8, ins[0].dtype), body)[:r]
+
+    def _staging(self, parts: tuple[torch.Tensor, ...], rows: int, out_dtype: torch.dtype) -> list[torch.Tensor]:
+        """The fixed buffers of `parts`' layout with at least `rows` rows (zeros: the padding rows are
+        finite). Grown to twice the rows at least; the graphs captured over the old ones are dropped."""
+        layout = (tuple((p.dtype, tuple(p.shape[1:])) for p in parts), out_dtype)
+        bufs = self.staging.get(layout)
+        if bufs is None or bufs[0].shape[0] < rows:
+            n = max(rows, 2 * bufs[0].shape[0]) if bufs is not None else rows
+            if bufs is not None:
+                self.expert_replays.clear()
+            bufs = [torch.zeros(n, *p.shape[1:], dtype=p.dtype, device=self.device) for p in parts]
+            bufs.append(torch.zeros(n, parts[0].shape[1], dtype=out_dtype, device=self.device))
+            self.staging[layout] = bufs
+        return bufs
 
     def shared(self, block, z_TD: torch.Tensor, tag: Hashable) -> torch.Tensor | None:
         """The shared experts' float32 sum on z, or None without shared experts."""

@@ -38,9 +38,10 @@ from moe.model.fp8 import (
     quantize_act,
     quantize_weight,
 )
+from moe.spec.sizes import GEMM_ROW_ALIGN
 
 GEMM_PATHS = ("blockwise", "rowwise", "dequant")
-ROW_ALIGN = 16
+ROW_ALIGN = GEMM_ROW_ALIGN
 """The blockwise path pads the row count to a multiple of this (cuBLAS FP8 operands want 16-byte aligned
 dimensions; a dispatch shard has any number of rows)."""
 PROBE_REL_ERROR = 0.1

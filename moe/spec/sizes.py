@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from moe.spec.schema import Model, Scenario
 
 FP8_BLOCK = 128
@@ -127,6 +129,25 @@ ROUTING_META_BYTES_PER_CHOICE = 8
 """A dispatch row carries its token's K routing choices in front of the activations: the expert slot
 (int32) and the routing weight (float32) of each, which the receiver needs to run and weight its experts
 (emu.dispatch: one message or collective moves a shard, meta included)."""
+
+
+GEMM_ROW_ALIGN = 16
+"""Rows an FP8 GEMM pads its row count to (cuBLAS FP8 operands want 16-byte aligned dimensions;
+`moe.model.linear`)."""
+GRAPH_ROW_STEPS = 16
+"""Captured expert calls per doubling of the rows (`graph_rows`)."""
+
+
+def graph_rows(rows):
+    """Rows a routed-expert call replayed as a CUDA graph runs on (`moe.model.graphs.ModelCalls.expert`) for
+    `rows` given (int, or float array for the simulator's expected rows): rounded up to a step of
+    1 / GRAPH_ROW_STEPS of their power of two, at least GEMM_ROW_ALIGN. From 256 rows up less than 6.25%
+    more rows (3% on average), below that fewer than 16 more; a run meets at most 16 shapes per doubling
+    whatever its routing (the padding serving runtimes use for their CUDA graphs)."""
+    r = np.asarray(rows, dtype=np.float64)
+    step = np.maximum(GEMM_ROW_ALIGN, 2.0 ** np.floor(np.log2(np.maximum(r, 1.0))) // GRAPH_ROW_STEPS)
+    b = np.where(r <= GEMM_ROW_ALIGN, GEMM_ROW_ALIGN, np.ceil(r / step) * step)
+    return int(b) if isinstance(rows, (int, np.integer)) else b
 
 
 def dispatch_row_bytes(hidden: int, dtype: str, top_k: int) -> int:
