@@ -131,6 +131,7 @@ def test_expert_calls_replayed_on_padded_rows_equal_the_eager_calls(wire):
     model, _, moe = _layers(dev)
     calls = ModelCalls(dev, graphs=True)
     gen = torch.Generator(device="cpu").manual_seed(1)
+    captured = False
     with torch.inference_mode():
         x = hidden_states(model, 600, 0, 3, device=dev)
         shard = quantize_act(x) if wire == "fp8" else x
@@ -143,4 +144,5 @@ def test_expert_calls_replayed_on_padded_rows_equal_the_eager_calls(wire):
                 assert got.shape == want.shape
                 err = float((got.float() - want.float()).norm() / want.float().norm())
                 assert err < 1e-2, (rows, e, err)
-    assert any(isinstance(s, tuple) for s in calls.expert_replays.state.values()), "expert calls captured"
+                captured |= any(isinstance(s, tuple) for s in calls.expert_replays.state.values())
+    assert captured, "expert calls captured"  # (growing the buffers at 500 rows dropped the graphs)
