@@ -31,6 +31,10 @@ from moe.model.fp8 import Fp8Act
 from moe.spec.sizes import graph_rows
 
 WARM, EAGER = "warm", "eager"
+STAGING_ROWS = 4096
+"""Rows the expert calls' fixed buffers start with (growing them drops every expert graph)."""
+
+
 def _tensors(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -52,8 +56,12 @@ class Replays:
         """Data pointers of every replay's outputs: inputs there are read in place."""
 
     def clear(self) -> None:
-        """Forget every graph (their buffers are about to change: a new job's)."""
+        """Forget every graph (their buffers are about to change: a new job's). A shared pool is replaced
+        too: the allocator releases a pool with its last graph, and a capture into a released pool fails
+        (an internal assert of torch 2.11's CUDACachingAllocator, seen on H100)."""
         self.state, self.stable = {}, set()
+        if self.pool is not None:
+            self.pool = torch.cuda.graph_pool_handle()
 
     def run(self, key: Hashable, body: Callable[..., Any], *inputs: torch.Tensor) -> Any:
         """body(*inputs) on the current stream: eagerly the first time, captured the second, replayed after."""
@@ -158,11 +166,12 @@ class ModelCalls:
 
     def _staging(self, parts: tuple[torch.Tensor, ...], rows: int, out_dtype: torch.dtype) -> list[torch.Tensor]:
         """The fixed buffers of `parts`' layout with at least `rows` rows (zeros: the padding rows are
-        finite). Grown to twice the rows at least; the graphs captured over the old ones are dropped."""
+        finite), at first STAGING_ROWS. Grown to twice the rows at least; the graphs captured over the old
+        ones are dropped."""
         layout = (tuple((p.dtype, tuple(p.shape[1:])) for p in parts), out_dtype)
         bufs = self.staging.get(layout)
         if bufs is None or bufs[0].shape[0] < rows:
-            n = max(rows, 2 * bufs[0].shape[0]) if bufs is not None else rows
+            n = max(rows, 2 * bufs[0].shape[0]) if bufs is not None else max(rows, STAGING_ROWS)
             if bufs is not None:
                 self.expert_replays.clear()
             bufs = [torch.zeros(n, *p.shape[1:], dtype=p.dtype, device=self.device) for p in parts]
