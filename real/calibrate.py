@@ -21,7 +21,8 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   `op_times_s`, what the simulator's device runs) -> `op_table` (per_node 0: a GPU per rank; median over
   ranks), and each rank's host time relative to the median rank's -> `host_factors` (the simulator runs
   each GPU's host at one of them). Attention, gate, shared, dense and each expert call are replayed CUDA
-  graphs, as the runtime runs them by default (`real.graphs`, `moe.model.graphs`). Its `model` keys are
+  graphs, as the runtime runs them by default (`real.graphs`, `moe.model.graphs`; issued eagerly when every
+  `--scenario` sets `real.graphs: false`). Its `model` keys are
   per-operation signatures, so `paper` or `deepseek-v3` with fewer experts or layers (E = G, E > G) reuses
   the attention, expert, shared and dense entries; the gate, dispatch and combine depend on E and top-k:
   `--scenario FILE` (repeatable) measures those scenario files' models instead of MODELS, each signature
@@ -87,7 +88,7 @@ def host_scrub() -> Callable[[], object]:
 
 
 AHEAD_MARGIN_S = 200e-6
-"""Spare device sleep beyond twice the slowest issue of the idle pass (`cuda_times_s`)."""
+"""Spare device sleep beyond twice the slowest issue of the idle pass (`op_times_s`)."""
 
 
 @functools.cache
@@ -346,7 +347,7 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     dist.all_gather_object(tables, gemms)
     bar and bar.advance()
     probe0 = host_probe_s()  # the host's speed over the op-table stages (moe.hostprobe)
-    ops = measure_ops(models, grid, reps)
+    ops = measure_ops(models, grid, reps, graphs=not chosen or any(s.real.graphs for s in chosen))
     op_runs = [None] * dist.get_world_size()
     dist.all_gather_object(op_runs, ops)
     bar and bar.advance()

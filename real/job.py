@@ -7,7 +7,7 @@ the emulator's; what differs here:
 - timing on a GPU: CUDA events (`real.timing.CudaClock`). A step is timed from an event recorded right
   after the barrier (every rank's GPU idle, hosts released together) to an event recorded once the compute
   stream has waited for every transfer of the step; spans and layer ends are events on the streams;
-- on a GPU the model's fixed-shape calls are replayed CUDA graphs (`moe.model.graphs`; `real.graphs`).
+- on a GPU the model's calls are replayed CUDA graphs (`moe.model.graphs`; `real.graphs`).
 """
 
 from __future__ import annotations

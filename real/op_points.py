@@ -42,14 +42,14 @@ def preset_models() -> list[tuple[Model, Wire]]:
 
 
 def load_scenarios(paths: Sequence[str]) -> list[Scenario]:
-    """The scenario files of `moetb calibrate --scenario`, read for their model, schedule and workload
-    only (the cluster may name the profile being made)."""
+    """The scenario files of `moetb calibrate --scenario`, read for their model, schedule, workload and
+    real options only (the cluster may name the profile being made)."""
     out = []
     for path in paths:
         raw = read_yaml(Path(path)) or {}
         if not isinstance(raw, dict):
             raise SpecError("--scenario", path, "the top level must be a mapping of keys")
-        keep = {k: v for k, v in raw.items() if k in ("model", "schedule", "workload")}
+        keep = {k: v for k, v in raw.items() if k in ("model", "schedule", "workload", "real")}
         out.append(build_scenario(keep, (), Path(path).parent, check=False))
     return out
 

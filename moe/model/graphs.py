@@ -15,8 +15,9 @@ passes the buffer itself). The outputs are the same tensors at every replay, rew
 key's outputs are valid until its next replay: keys must separate whatever is alive at once (the runtime
 keys by layer and micro-batch). Host-side effects of a body (Python state) happen at the eager run and at
 capture only; `ModelCalls.attention` redoes the one it has (the cache's length). Each graph keeps its own
-memory pool (replays never share intermediates, whatever their order). Capture runs on a side stream;
-where it fails, the key runs eagerly from then on, said once on stderr.
+memory pool (replays never share intermediates, whatever their order), except the expert calls': they
+share one, since each writes its output to a fixed buffer that is read before the next expert call.
+Capture runs on a side stream; where it fails, the key runs eagerly from then on, said once on stderr.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ class Replays:
 
 
 class ModelCalls:
-    """The runtime's fixed-shape model calls, each under a caller's `tag` that separates outputs alive at
-    once (the runtime's (layer, micro-batch)). Eager on a CPU or with `graphs` off; on a GPU replayed CUDA
-    graphs (`Replays`), keyed by the tag and the shapes (and, for attention, the cache and its length)."""
+    """The runtime's model calls: the fixed-shape ones under a caller's `tag` that separates outputs alive at
+    once (the runtime's (layer, micro-batch)), and the routed experts (`expert`). Eager on a CPU or with
+    `graphs` off; on a GPU replayed CUDA graphs (`Replays`), keyed by the tag and the shapes (and, for
+    attention, the cache and its length; for an expert, its padded rows)."""
 
     def __init__(self, device: torch.device | str, rank: int = 0, graphs: bool = True):
         self.device = torch.device(device)

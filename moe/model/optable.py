@@ -26,10 +26,10 @@ Each operation (moe.model.shapes.OPS) is timed the way a runtime calls it, at a 
   kv_setup.decode    the same for T sequences of S cached tokens (KV_LAYERS layers together)
 dispatch, expert, combine and kv_setup are the runtime's protocol code, which moe never imports: the
 runtime passes them in as `RuntimeOps` (emu.calibrate builds them from emu.dispatch); without them the
-expert op times Block.expert_forward on FP8 rows and the others are skipped. Attention, gate, shared and
-dense go through `RuntimeOps.calls` (`moe.model.graphs.ModelCalls`), as the runtime issues them: eager, or
-replayed CUDA graphs (the real backend on a GPU). The routing of dispatch and
-combine is uniform top-K over E experts placed contiguously on `ranks` ranks.
+expert op times Block.expert_forward on FP8 rows and the others are skipped. The model's calls go through
+`RuntimeOps.calls` (`moe.model.graphs.ModelCalls`; the runtime's `shard` passes it its expert calls), as the
+runtime issues them: eagerly, or as replayed CUDA graphs (the real backend on a GPU). The routing of
+dispatch and combine is uniform top-K over E experts placed contiguously on `ranks` ranks.
 
 The timer is passed in (`Timer`: median seconds of a zero-argument call, warm-up included): CUDA events
 on a GPU, the host clock on a CPU. Every point is a dict of `cluster.op_table`'s OpPoint keys.
@@ -79,7 +79,8 @@ class RuntimeOps:
     combine: Callable[..., Call] | None = None
     kv_setup: Callable[..., Call] | None = None
     calls: ModelCalls | None = None
-    """How attention, gate, shared and dense are issued (None: eagerly)."""
+    """How attention, gate, shared and dense are issued, and (inside `shard`) the expert calls (None:
+    eagerly)."""
 
 
 @dataclass(frozen=True)
