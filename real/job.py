@@ -24,7 +24,9 @@ from real.transport import RealTransport
 def runtime_scenario(scenario: Scenario, device: str) -> Scenario:
     """The scenario as emu's Job and runtime read it: the real.* run options in the emu section."""
     r = scenario.real
-    emu = scenario.emu.model_copy(update={"warmup": r.warmup, "repeats": r.repeats, "timeout_s": r.timeout_s,
+    # replayed graphs: each routing pattern's shapes run eagerly once and are captured the next time
+    warmup = max(r.warmup, 2 * scenario.workload.steps) if r.graphs and device == "cuda" else r.warmup
+    emu = scenario.emu.model_copy(update={"warmup": warmup, "repeats": r.repeats, "timeout_s": r.timeout_s,
                                           "device": device})
     return scenario.model_copy(update={"emu": emu})
 

@@ -95,6 +95,10 @@ def test_replays_read_stable_inputs_in_place_copy_others_and_keep_tags_apart():
     torch.cuda.synchronize()
     assert torch.equal(first[0], x * 2) and torch.equal(outs[0], x2 * 2) and torch.equal(y, x2 * 2 + 1)
     assert torch.equal(outs[1], x * 2)  # the other tag's output untouched
+    elsewhere = outs[0].clone() + 100  # the in-place input given as another tensor: never copied over outs[0]
+    got = r.run("plus", lambda v: v + 1, elsewhere)
+    torch.cuda.synchronize()
+    assert torch.equal(got, elsewhere + 1) and torch.equal(outs[0], x2 * 2) and r.state["plus"] == "warm"
 
     def syncs(v):
         return torch.tensor([float(v.sum().item())], device=dev)  # a host sync: not capturable

@@ -121,6 +121,11 @@ def test_real_options_drive_the_runtime():
                        "real": {"warmup": 0, "repeats": 2, "timeout_s": 3.0}})
     e = runtime_scenario(s, "cpu").emu
     assert (e.warmup, e.repeats, e.timeout_s, e.device, e.fail_rank) == (0, 2, 3.0, "cpu", 1)
+    # on a GPU with graphs, each routing pattern runs twice untimed (eagerly, then captured)
+    three = s.model_copy(update={"workload": s.workload.model_copy(update={"steps": 3})})
+    assert runtime_scenario(three, "cuda").emu.warmup == 6
+    eager = three.model_copy(update={"real": three.real.model_copy(update={"graphs": False})})
+    assert runtime_scenario(eager, "cuda").emu.warmup == 0 and runtime_scenario(three, "cpu").emu.warmup == 0
 
 
 def test_machine_name_counts_gpus_per_kind():

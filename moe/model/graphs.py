@@ -51,18 +51,26 @@ class Replays:
         """One memory pool for every graph (`ModelCalls.expert`: bodies whose outputs are copied out at once,
         so no graph's memory is alive past its replay); None: a pool of its own per graph."""
         self.state: dict[Hashable, Any] = {}
-        """key -> WARM after the first (eager) run; then (graph, static inputs, outputs); EAGER where capture
-        failed."""
+        """key -> WARM after the first (eager) run; then (graph, static inputs, outputs, which inputs are read
+        in place); EAGER where capture failed."""
         self.stable: set[int] = set()
         """Data pointers of every replay's outputs: inputs there are read in place."""
+        self.side: torch.cuda.Stream | None = None
+        """The one stream every capture runs on (the allocator reuses a block freed during a capture only
+        on the stream that freed it, so a shared pool is shared only by captures on one stream)."""
 
     def clear(self) -> None:
         """Forget every graph (their buffers are about to change: a new job's). A shared pool is replaced
         too: the allocator releases a pool with its last graph, and a capture into a released pool fails
         (an internal assert of torch 2.11's CUDACachingAllocator, seen on H100)."""
-        self.state, self.stable = {}, set()
+        self.state, self.stable, self.side = {}, set(), None
         if self.pool is not None:
             self.pool = torch.cuda.graph_pool_handle()
+
+    def _drop(self, key: Hashable) -> None:
+        """Back to WARM: the graph goes, and its outputs' pointers leave `stable` (their memory may be reused)."""
+        self.stable.difference_update(t.data_ptr() for t in _tensors(self.state[key][2]))
+        self.state[key] = WARM
 
     def run(self, key: Hashable, body: Callable[..., Any], *inputs: torch.Tensor) -> Any:
         """body(*inputs) on the current stream: eagerly the first time, captured the second, replayed after."""
@@ -71,8 +79,11 @@ class Replays:
             self.state.setdefault(key, WARM)
             return body(*inputs)
         if state == WARM:
-            statics = tuple(t if t.data_ptr() in self.stable else t.clone() for t in inputs)
-            graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
+            in_place = tuple(t.data_ptr() in self.stable for t in inputs)
+            statics = tuple(t if keep else t.clone() for t, keep in zip(inputs, in_place, strict=True))
+            if self.side is None:
+                self.side = torch.cuda.Stream(self.device)
+            graph, side = torch.cuda.CUDAGraph(), self.side
             side.wait_stream(torch.cuda.current_stream(self.device))
             try:
                 with torch.cuda.stream(side):
@@ -86,11 +97,14 @@ class Replays:
                       f"eagerly ({str(err).splitlines()[0]})", file=sys.stderr)
                 self.state[key] = EAGER
                 return body(*inputs)
-            state = self.state[key] = (graph, statics, out)
+            state = self.state[key] = (graph, statics, out, in_place)
             self.stable.update(t.data_ptr() for t in _tensors(out))
-        graph, statics, out = state
-        for s, t in zip(statics, inputs, strict=True):
+        graph, statics, out, in_place = state
+        for s, t, keep in zip(statics, inputs, in_place, strict=True):
             if s.data_ptr() != t.data_ptr():
+                if keep:  # captured reading another replay's output in place, given another tensor now:
+                    self._drop(key)  # never copy over that output; captured again at the next call
+                    return body(*inputs)
                 s.copy_(t)
         graph.replay()
         return out
@@ -123,7 +137,11 @@ class ModelCalls:
         before = cache.length
         key = ("attention", tag, id(block), cache.data_BSW.data_ptr(), before, tuple(x_TD.shape), x_TD.dtype,
                absorbed)
-        out = self._run(key, lambda x: block.attention(x, cache, absorbed=absorbed), x_TD)
+        def body(x):
+            cache.length = before  # so that an eager retry after a failed capture appends where it should
+            return block.attention(x, cache, absorbed=absorbed)
+
+        out = self._run(key, body, x_TD)
         cache.length = before + x_TD.shape[0] // cache.batch  # a replay does not run the Python that does it
         return out
 

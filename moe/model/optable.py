@@ -243,6 +243,8 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
                         points.append(_point("shard", op_signature(model, "shard", wire), t * share, 0, base))
                     timed = _net(timed, base)
                 points.append(_point(op, op_signature(model, op, wire), t, s, timed, share))
+                if ops.calls is not None:
+                    ops.calls.clear()  # each point's graphs go with it: their memory does not pile up
         if ops.kv_setup is not None:
             setups = [("kv_setup.prefill", t, 0) for t in grid.tokens]
             setups += [("kv_setup.decode", b, s) for b, s in grid.decode if b * s <= grid.max_setup]

@@ -110,7 +110,7 @@ class OpPoint(Section):
     host_s: NonNegFloat | None = None
     """Host seconds of the call (GPU calibration: from the call to its return, the device running its
     kernels meanwhile): the cost of issuing it, which the simulator's host model charges (sim.costs)."""
-    device_s: PosFloat | None = None
+    device_s: NonNegFloat | None = None
     """Device seconds of the call with the host ahead (GPU calibration: its kernels queued behind a device
     sleep run back to back); `s` is timed on an idle GPU, where a host-bound call's kernels wait for the
     host. The simulator's device time where every chosen point has it (sim.optable)."""
@@ -282,6 +282,8 @@ class RealOptions(Section):
     dense FFN, gate and shared experts per (layer, micro-batch); each routed expert per padded row count
     (less than 6.25% more rows from 256 up, fewer than 16 more below); false: issued eagerly, op by op."""
     warmup: NonNegInt = 2
+    """Untimed steps before the timed ones; with `graphs` on a GPU at least two per routing pattern
+    (`workload.steps`), so that every shape is captured before the timing starts."""
     repeats: PosInt = 5
     timeout_s: PosFloat = 120.0
 
