@@ -345,8 +345,10 @@ class LayerCosts:
     combine_sum_s: float = 0.0
     host_attention_s: float = 0.0
     host_dense_s: float = 0.0
-    host_front_s: float = 0.0
-    """MoE layers after attention: the gate and the dispatch (planning in numpy, issuing the pack)."""
+    host_gate_s: float = 0.0
+    """MoE layers after attention: issuing the gate."""
+    host_pack_s: float = 0.0
+    """The dispatch: planning it in numpy and issuing the pack."""
     host_exchange_s: float = 0.0
     """The exchange's bookkeeping (counts round trip, posting the collectives: op `exchange`)."""
     host_shared_s: float = 0.0
@@ -358,7 +360,7 @@ def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> Laye
 
     In the host model (`host_model`) the `dispatch` op's measured time is mostly the host's planning, so
     the device's part of it is the pack's memory traffic (`pack_physics_s`) and the planning is in
-    host_front_s; without it the measured time is the pack's and the host is assumed to keep up."""
+    host_pack_s; without it the measured time is the pack's and the host is assumed to keep up."""
     t = mb.tokens
     host = host_model(s)
     costs = LayerCosts(tokens=t, attention_s=attention_s(s, mb), attention_tp_comm_s=attention_tp_comm_s(s, t),
@@ -369,7 +371,7 @@ def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> Laye
         return costs
     att = "attention.decode" if s.workload.phase == "decode" else "attention.prefill"
     return replace(costs, host_attention_s=issue_s(s, att, t, mb.keys), host_dense_s=issue_s(s, "dense", t),
-                   host_front_s=issue_s(s, "gate", t) + issue_s(s, "dispatch", t),
+                   host_gate_s=issue_s(s, "gate", t), host_pack_s=issue_s(s, "dispatch", t),
                    host_exchange_s=measured(s, shapes.EXCHANGE, t) or 0.0,
                    host_shared_s=issue_s(s, "shared", t) if s.model.shared_experts else 0.0,
                    host_combine_s=issue_s(s, "combine", t))

@@ -33,10 +33,11 @@ class Op(IntEnum):
     SETUP = 10
     """The runtime's per-step setup (building the step's KV caches), once at the start of a step."""
     HOST = 11
-    """The compute stream idle until the host has issued a MoE layer's front: the gate, the dispatch's planning
-    and the exchange's bookkeeping (sim.executor's host model). The same wait for the other tasks has the
-    task's own kind below, so that the breakdown counts it in that task's phase, as the real backend's CUDA
-    events count a host-bound call's issue in its span."""
+    """The compute stream idle until the host has done a MoE layer's exchange bookkeeping (counts, posting
+    the collectives; sim.executor's host model): in no phase, as the real backend's spans leave the
+    protocol's host work between them. The same wait for a task has the task's own kind below, so that the
+    breakdown counts it in that task's phase, as the real backend's CUDA events count a host-bound call's
+    issue in its span."""
     HOST_ATTENTION = 12
     HOST_DENSE = 13
     HOST_EXPERT = 14
@@ -47,6 +48,9 @@ class Op(IntEnum):
     have started yet): the runtimes' blocked wait for shards."""
     WAIT_COMBINE = 17
     """The same until a micro-batch's results are all back."""
+    HOST_GATE = 18
+    HOST_PACK = 19
+    """The dispatch's planning and the pack's issue."""
 
 
 WAIT_OPS = (Op.WAIT_DISPATCH, Op.WAIT_COMBINE)

@@ -25,7 +25,7 @@ Switches, as the runtime reads them:
 The host (sim.costs' host model): each GPU's host issues the tasks in the order its stream runs them, each
 taking its issue cost (`LayerCosts.host_*`, `ExpertWork.host_G`, times its `StepPlan.host_factor_G`) from
 the end of the previous one; a task's work on the stream cannot end before its issue, and the stream
-idles until then (Op.HOST for a MoE front, else the task's own HOST_ kind). Without the host model the
+idles until then (the task's own HOST_ kind; Op.HOST for the exchange's bookkeeping). Without the host model the
 costs are 0 and the host always keeps up.
 When nothing is runnable the stream sleeps until something lands, and that wait is recorded against the
 exchange it waits for (Op.WAIT_DISPATCH / WAIT_COMBINE, the runtimes' blocked waits).
@@ -333,9 +333,11 @@ class Executor:
             st.busy_until = self._issued(st, li, i, t, c.host_dense_s, Op.HOST_DENSE)
             st.layer[i] += 1
             return True
-        post = self._spans(g, li, i, t, [(int(Op.GATE), c.gate_s), (int(Op.PACK), c.pack_s)])
+        for op, dev_s, host_s, wait in ((Op.GATE, c.gate_s, c.host_gate_s, Op.HOST_GATE),
+                                        (Op.PACK, c.pack_s, c.host_pack_s, Op.HOST_PACK)):
+            t = self._issued(st, li, i, self._spans(g, li, i, t, [(int(op), dev_s)]), host_s, wait)
         # planned and posted (the exchange's bookkeeping): the GPU joins the dispatch
-        post = self._issued(st, li, i, post, c.host_front_s + c.host_exchange_s, Op.HOST)
+        post = self._issued(st, li, i, t, c.host_exchange_s, Op.HOST)
         self._join(li, i, Op.DISPATCH, p, plan.dispatch[p], post)
         st.ex_of[i] = _Ex(li, i, p, post, local=plan.runtime == "messages" and self.local[p] is not None)
         st.next_key = (li - st.first_moe) * plan.micro_batches + i + 1

@@ -12,8 +12,9 @@ rank is the one with the most time computing, emu.report):
   plus the stream's blocked wait for the micro-batch's shards (Op.WAIT_DISPATCH: a dispatch hidden behind
   other work costs nothing here), combine_s the sum into the tokens plus the wait for the results
   (WAIT_COMBINE); in the host model each phase also holds the stream's waits for the host to issue its
-  tasks (Op.HOST: the front's gate, planning and bookkeeping, counted in dispatch_s; HOST_ATTENTION,
-  HOST_EXPERT, HOST_COMBINE), as a real run's CUDA events hold a host-bound call's issue;
+  tasks (HOST_ATTENTION, HOST_GATE, HOST_PACK: the dispatch's planning and the pack, HOST_EXPERT,
+  HOST_COMBINE), as a real run's CUDA events hold a host-bound call's issue; the wait for the exchange's
+  bookkeeping (Op.HOST) is in no phase, as the runtimes' spans leave it out;
   exposed_comm_s: time in the MoE layers when its compute stream is idle (waiting for data or for a
   collective) / MoE layers; extra.dispatch_transfer_s / combine_transfer_s: the critical GPU's part of
   each dispatch / combine collective, sync included, hidden or not, per MoE layer;
@@ -111,8 +112,8 @@ def reduce_result(plan: StepPlan, record: StepRecord, facts: StepFacts, spec: di
         work = mine & ~is_wait(cols["op"])
         busy = float(np.clip(np.minimum(cols["end"][work], w1) - np.maximum(cols["start"][work], w0), 0, None).sum())
         breakdown = Breakdown(attention_s=total(Op.ATTENTION, Op.ATTENTION_TP, Op.HOST_ATTENTION),
-                              gate_s=total(Op.GATE),
-                              dispatch_s=total(Op.PACK, Op.HOST, Op.WAIT_DISPATCH),
+                              gate_s=total(Op.GATE, Op.HOST_GATE),
+                              dispatch_s=total(Op.PACK, Op.HOST_PACK, Op.WAIT_DISPATCH),
                               expert_s=total(Op.EXPERT, Op.SHARED_EXPERT, Op.HOST_EXPERT),
                               combine_s=total(Op.COMBINE_SUM, Op.HOST_COMBINE, Op.WAIT_COMBINE),
                               exposed_comm_s=max(w1 - w0 - busy, 0.0) / n_moe)
