@@ -10,7 +10,10 @@ if [ "${1:-}" != "--resume" ]; then
   tail -2 "$OUT/pytest_gpu.log"
   timeout 200 torchrun --standalone --nproc-per-node 4 tests/test_real_correctness.py --backend nccl \
       --variants p2p/stream,all_to_all/stream,nvshmem/stream > "$OUT/correct.log" 2>&1
-  echo "correct rc $?: $(grep -c ' ok' "$OUT/correct.log") ok"; grep -i "fail\|error\|not captured" "$OUT/correct.log" | head -5
+  echo "correct rc $?: $(grep -c ' ok' "$OUT/correct.log") ok"; grep -i "fail\|Error" "$OUT/correct.log" | head -5
+  if grep -q "not captured" "$OUT/correct.log"; then  # a grid of eager fallbacks would measure the wrong code
+    grep "not captured" "$OUT/correct.log" | head -3; exit 1
+  fi
   timeout 470 python3 benchmarks/validation_grid.py --calibrate --profile "$P" --out "$V" --gpus 1,2,4 > "$OUT/grid.log" 2>&1
 else
   timeout 540 python3 benchmarks/validation_grid.py --resume --profile "$P" --out "$V" --gpus 1,2,4 > "$OUT/grid.log" 2>&1
