@@ -99,15 +99,39 @@ def test_replays_read_stable_inputs_in_place_copy_others_and_keep_tags_apart():
     got = r.run("plus", lambda v: v + 1, elsewhere)
     torch.cuda.synchronize()
     assert torch.equal(got, elsewhere + 1) and torch.equal(outs[0], x2 * 2) and r.state["plus"] == "warm"
-
-    def syncs(v):
-        return torch.tensor([float(v.sum().item())], device=dev)  # a host sync: not capturable
-
-    r.run("s", syncs, x)
-    out = r.run("s", syncs, x)  # capture fails: eager from then on
-    assert r.state["s"] == EAGER and float(out) == float(x.sum())
     r.clear()
     assert not r.state and not r.stable
+
+
+@pytest.mark.gpu
+def test_replays_run_eagerly_then_replay_the_captured_graph_in_place_and_fall_back_where_capture_fails():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = torch.device("cuda", 0)
+    x = torch.arange(8, dtype=torch.float32, device=dev)
+    r = Replays(dev, 0)
+    calls = []
+
+    def body():
+        calls.append(1)
+        return x * 2 + 1
+
+    first = r.run("k", body)  # eager (warm-up)
+    second = r.run("k", body)  # captured, then replayed
+    x.add_(1)
+    third = r.run("k", body)  # replayed: body is not called, the captured output is rewritten
+    torch.cuda.synchronize()
+    assert len(calls) == 2 and third is second
+    assert torch.equal(first, torch.arange(8, device=dev) * 2 + 1) and torch.equal(third, x * 2 + 1)
+
+    def syncs():
+        return torch.tensor([float(x.sum().item())], device=dev)  # a host sync: not capturable
+
+    r.run("s", syncs)
+    out = r.run("s", syncs)  # capture fails: eager from then on
+    assert r.state["s"] == EAGER and float(out) == float(x.sum())
+    r.clear()
+    assert not r.state
 
 
 def test_graph_rows_pad_by_at_most_a_sixteenth_to_a_bounded_set_of_shapes():
