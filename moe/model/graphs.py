@@ -95,7 +95,7 @@ class Replays:
             except RuntimeError as err:
                 print(f"moetb real: rank {self.rank}: {self.what} {key} not captured as a CUDA graph, runs "
                       f"eagerly ({str(err).splitlines()[0]})", file=sys.stderr)
-                self.state[key] = EAGER
+                self.state[key], self.side = EAGER, None  # the next capture on a fresh stream
                 return body(*inputs)
             state = self.state[key] = (graph, statics, out, in_place)
             self.stable.update(t.data_ptr() for t in _tensors(out))
