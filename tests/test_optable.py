@@ -118,3 +118,11 @@ def test_the_expert_op_is_net_of_the_shards_fixed_work(monkeypatch):
     assert [p["s"] for p in shard] == [1e-3] * len(GRID.rows)
     n = [s["tokens"] // e["tokens"] for e, s in zip(expert, shard, strict=True)]
     assert all(k >= 1 for k in n) and shard[0]["tokens"] == n[0] * GRID.rows[0]
+
+
+def test_a_shard_of_a_new_top_k_is_measured_without_its_expert_op():
+    """`shard`'s signature holds top_k and `expert`'s does not: a model whose expert op an earlier model
+    measured (only without "expert") still gets its shard points, and no expert points."""
+    points = measure(tiny(), lambda fn: (fn(), 1e-3)[1], GRID, ops=runtime_ops(torch.device("cpu"), ("fp8", "bf16")),
+                     ranks=2, only=("shard",))
+    assert {p["op"] for p in points} == {"shard"} and len(points) == len(GRID.rows)

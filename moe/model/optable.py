@@ -230,19 +230,18 @@ def measure(model: Model, timer: Timer, grid: Grid, *, device: torch.device | st
         calls = [attention_calls(dense, model, grid, device, seed, ops.calls) if want("attention.") else (),
                  token_calls(dense, moe, model, grid, ops, ranks, wire, device, seed)
                  if any(want(op) for op in ("gate", "dispatch", "shared", "combine", "dense")) else (),
-                 expert_calls(moe, model, grid, ops, device, seed) if want("expert") else ()]
+                 expert_calls(moe, model, grid, ops, device, seed) if want("expert") or want("shard") else ()]
         for gen in calls:
             for op, t, s, call, *more in gen:  # more: (units of the op the call does, its fixed-work call)
-                if not want(op):
-                    continue
                 share, fixed = (more + [None])[:2] if more else (1, None)
-                timed = timer(call)
-                if fixed is not None:  # the expert's share is net of the shard's fixed work
-                    base = timer(fixed)
-                    if want("shard"):
-                        points.append(_point("shard", op_signature(model, "shard", wire), t * share, 0, base))
-                    timed = _net(timed, base)
-                points.append(_point(op, op_signature(model, op, wire), t, s, timed, share))
+                if not (want(op) or fixed is not None and want("shard")):  # `shard` has its own signature
+                    continue
+                base = timer(fixed) if fixed is not None else None
+                if base is not None and want("shard"):
+                    points.append(_point("shard", op_signature(model, "shard", wire), t * share, 0, base))
+                if want(op):  # the expert's share is net of the shard's fixed work
+                    timed = timer(call) if base is None else _net(timer(call), base)
+                    points.append(_point(op, op_signature(model, op, wire), t, s, timed, share))
                 if ops.calls is not None:
                     ops.calls.clear()  # each point's graphs go with it: their memory does not pile up
         if ops.kv_setup is not None:
