@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from moe.result import write_json_atomic  # noqa: E402
 
 ROUNDS = 3
-OPS = ("attention.prefill", "gate", "dispatch", "expert", "combine")
+OPS = ("attention.prefill", "gate", "dispatch", "expert", "shard", "combine")
 GRID = {"tokens": (128, 512, 1024), "rows": (64, 512), "prefill": ((128, 256), (512, 512), (1024, 1024))}
 QUICK = {"tokens": (16, 64), "rows": (16,), "prefill": ((16, 64),)}
 
@@ -69,11 +69,15 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true", help="tiny model on the CPU, host clock only")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--models", default="paper,deepseek-v3", help="comma-separated model presets")
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated op-table operations")
+    p.add_argument("--eager", action="store_true", help="eager calls (default: CUDA graphs, as `real.graphs`)")
     args = p.parse_args()
 
     import torch
 
     from emu.calibrate import runtime_ops
+    from moe.model.graphs import ModelCalls
     from moe.model.optable import Grid, measure
     from moe.spec.loader import load_preset
     from moe.spec.schema import Model
@@ -83,7 +87,8 @@ def main() -> int:
     dev = torch.device("cuda", 0) if gpu else torch.device("cpu")
     times = cuda_times_s if gpu else host_times_s
     grid = Grid(decode=(), **(QUICK if args.quick else GRID))
-    names = ("tiny",) if args.quick else ("paper", "deepseek-v3")
+    names = ("tiny",) if args.quick else tuple(args.models.split(","))
+    ops = tuple(args.ops.split(","))
     wire = ("fp8", "bf16")
     passes: dict[tuple, dict[str, list]] = {}
     for name in names:
@@ -92,8 +97,9 @@ def main() -> int:
             for mode in ("warm", "cold"):
                 timer = functools.partial(times, warmup=2, repeats=args.repeats,
                                           before=host_scrub() if mode == "cold" else None)
-                for pt in measure(model, timer, grid, device=dev, ops=runtime_ops(dev, wire, host_wire=False),
-                                  ranks=1, wire=wire, only=OPS):
+                calls = ModelCalls(dev, graphs=gpu and not args.eager)
+                for pt in measure(model, timer, grid, device=dev, ranks=1, wire=wire, only=ops,
+                                  ops=runtime_ops(dev, wire, host_wire=False, calls=calls)):
                     key = (name, pt["op"], pt["tokens"], pt["context"])
                     row = passes.setdefault(key, {"warm_host": [], "cold_host": [], "warm_s": [], "cold_s": []})
                     row[f"{mode}_host"].append(pt.get("host_s", pt["s"]))

@@ -55,7 +55,7 @@ WRAPPED = [(dist, "all_to_all_single"), (dist, "batch_isend_irecv"), (rt, "poll_
     [(er.RankRuntime, m) for m in ("step", "_layer_front", "_compute_one_shard", "_combine_ready", "_block",
                                    "_take_completions", "_finish_layer", "_start_ready")] + \
     [(Block, m) for m in ("attention", "ffn_input", "expert_forward", "shared_forward", "dense_forward")] + \
-    [(ModelCalls, m) for m in ("attention", "dense", "gate", "shared")]
+    [(ModelCalls, m) for m in ("attention", "dense", "gate", "shared", "expert")]
 
 
 def timed(owner, name: str) -> None:
