@@ -44,7 +44,7 @@ from moe.spec import sizes
 from moe.spec.schema import Cluster, Model, Scenario
 from moe.spec.sizes import expert_weight_bytes
 from sim.gemm import DTYPE_BYTES, gemm_time_s, memory_time_s
-from sim.optable import has_op, op_issue_s, op_time_s
+from sim.optable import has_op, op_device_s, op_issue_s, op_time_s
 
 BF16 = DTYPE_BYTES["bf16"]
 F32 = 4
@@ -358,14 +358,18 @@ class LayerCosts:
 def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> LayerCosts:
     """Costs of micro-batch `mb`; `returned_rows`: rows its combine sums (physics of the combine).
 
-    In the host model (`host_model`) the `dispatch` op's measured time is mostly the host's planning, so
-    the device's part of it is the pack's memory traffic (`pack_physics_s`) and the planning is in
-    host_pack_s; without it the measured time is the pack's and the host is assumed to keep up."""
+    In the host model (`host_model`) the `dispatch` op's time on an idle GPU (`s`) is mostly the host's
+    planning, which is in host_pack_s: the device's part is the measured `device_s` (the pack's kernels
+    with the host ahead), else the pack's memory traffic (`pack_physics_s`); without the host model the
+    measured time is the pack's and the host is assumed to keep up."""
     t = mb.tokens
     host = host_model(s)
+    sig = shapes.op_signature(s.model, "dispatch", wire(s))
+    pack_device = op_device_s(s.cluster, "dispatch", sig, t) if host and t > 0 else None
     costs = LayerCosts(tokens=t, attention_s=attention_s(s, mb), attention_tp_comm_s=attention_tp_comm_s(s, t),
                        gate_s=gate_s(s, t), dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t),
-                       pack_s=pack_physics_s(s, t) if host else pack_s(s, t),
+                       pack_s=pack_s(s, t) if not host else pack_device if pack_device is not None
+                       else pack_physics_s(s, t),
                        combine_sum_s=combine_sum_s(s, t, returned_rows))
     if not host or t <= 0:
         return costs

@@ -92,10 +92,19 @@ def op_floor_s(cluster: Cluster, op: str, signature: str) -> float | None:
 
 def op_time_s(cluster: Cluster, op: str, signature: str, tokens, context: float = 0.0):
     """Measured device seconds of `op` on `tokens` (scalar or array; 0 tokens take 0 s) with `context` keys
-    per sequence: the points' `device_s` (timed with the host ahead) where every chosen point has it, else
-    their `s`; None when the table has no such operation."""
-    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node, "device_s") \
-        or _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
+    per sequence: `op_device_s` where the points have it, else their `s`; None when the table has no such
+    operation."""
+    t = op_device_s(cluster, op, signature, tokens, context)
+    if t is not None:
+        return t
+    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
+    return None if curves is None else _lookup(curves, tokens, context)
+
+
+def op_device_s(cluster: Cluster, op: str, signature: str, tokens, context: float = 0.0):
+    """The points' `device_s` (timed with the host ahead: the device's work alone) of `op` on `tokens`;
+    None unless every chosen point has it (CPU and older GPU calibrations)."""
+    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node, "device_s")
     return None if curves is None else _lookup(curves, tokens, context)
 
 

@@ -108,7 +108,8 @@ def with_host(table, host_s):
 
 def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measured():
     """host_front = gate + dispatch issue, then the exchange's bookkeeping; the pack's device work from
-    physics; floors stand in for missing host_s; no exchange op, no host model (sim.costs.layer_costs)."""
+    kernels timed with the host ahead (device_s), else physics; floors stand in for missing host_s; no exchange
+    op, no host model (sim.costs.layer_costs)."""
     base = tiny_scenario()
     m, sig = base.model, op_signature(base.model, "exchange")
     exchange = pts("exchange", sig, [(16, 3e-3), (1000, 4e-3)])
@@ -119,7 +120,10 @@ def test_host_costs_come_from_the_tables_host_seconds_once_the_exchange_is_measu
     assert (c.host_gate_s, c.host_pack_s) == pytest.approx((2e-4, 2e-4))  # gate, dispatch
     assert c.host_exchange_s == pytest.approx(float(np.interp(64, [16, 1000], [3e-3, 4e-3])))
     assert (c.host_attention_s, c.host_dense_s, c.host_combine_s) == pytest.approx((2e-4,) * 3)
-    assert c.pack_s == pytest.approx(costs.pack_physics_s(s, 64))
+    assert c.pack_s == pytest.approx(costs.pack_physics_s(s, 64))  # no device_s: the pack's memory traffic
+    ahead = [{**p, "device_s": p["s"] / 5} if p["op"] == "dispatch" else p for p in with_host(full_table(m), 2e-4)]
+    timed = costs.layer_costs(tiny_scenario(ahead + exchange), mb)  # the pack's kernels, timed with the host ahead
+    assert (timed.pack_s, timed.host_pack_s) == pytest.approx((64e-5 / 5, 2e-4))
     # one call per slot with rows, and the shard's fixed work once
     assert float(costs.expert_issue_s(s, [3.0, 0.0, 5.0], 8.0)) == pytest.approx(6e-4)
     floors = tiny_scenario(full_table(m) + exchange)  # no host_s: each op's least time, 1e-5 s
