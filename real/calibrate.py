@@ -12,7 +12,9 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
 - NCCL `all_to_all_single` bus bandwidth (busbw = algbw (n-1)/n, nccl-tests' definition) and a
   `batch_isend_irecv` ring (bytes per direction per GPU) over message sizes -> `alltoall_curve`,
   `p2p_curve`; the largest-size all-to-all bus bandwidth -> `nvlink_GBps`; half a small-message ping-pong
-  between ranks 0 and 1 -> `nvlink_latency_us` (`real.nccl_curves`).
+  between ranks 0 and 1 -> `nvlink_latency_us` (`real.nccl_curves`);
+- an expert-sized FP8 GEMM alone and beside a running all-to-all -> `comm_compute_slowdown`, how much
+  slower compute runs while a transfer shares the GPU (`real.interference`);
 - the runtime's own operations (moe.model.optable with the emulator runtime's calls, emu.calibrate
   `runtime_ops`, received rows on the device as NCCL leaves them) of every model in MODELS, over the
   token grid of the validation sweep (tokens per GPU 256..8192, 1 or 2 micro-batches; expert rows up to
@@ -44,6 +46,7 @@ from collections.abc import Callable, Sequence
 from moe.spec.loader import load_preset
 from moe.spec.schema import Model, RealOptions
 from moe.sweep.progress import Progress
+from real.interference import measure_comm_slowdown
 from real.nccl_curves import measure_alltoall, measure_latency_us, measure_ring_p2p
 from real.op_points import Wire, load_scenarios, op_grid, preset_models, scenario_grid, scenario_models
 
@@ -359,6 +362,7 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
     a2a = measure_alltoall(sizes, reps, cuda_time_s) if multi else []
     p2p = measure_ring_p2p(sizes, reps, cuda_time_s) if multi else []
     latency = measure_latency_us(reps) if multi else 0.0
+    comm_slowdown = measure_comm_slowdown(reps)
     hbm, bf16, launch = measure_hbm_GBps(reps), measure_bf16_peak(reps), measure_launch_us()
     bar and bar.advance()
     if dist.get_rank() != 0:
@@ -386,6 +390,7 @@ def calibrate_ranks(*, quick: bool, scenarios: Sequence[str] = ()) -> dict | Non
         "launch_overhead_us": round(launch, 2),
         "message_overhead_us": 0.0,  # included in nvlink_latency_us: the ping-pong times posting and flight
         "comm_copy_GBps": 0.0,  # NCCL's copies are inside the measured link bandwidth
+        "comm_compute_slowdown": comm_slowdown,
         "alltoall_curve": a2a,
         "p2p_curve": p2p,
         "op_table": [{**p, **{k: statistics.median(r[i][k] for r in op_runs) for k in ("s", "host_s", "device_s")

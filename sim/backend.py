@@ -137,7 +137,8 @@ def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:
                     costs=tuple(layer_costs(s, x, rows * x.tokens * mb / s.workload.tokens_per_gpu) for x in layout),
                     dispatch=tuple(dispatch), combine=tuple(combine), expert=tuple(experts),
                     overlap=s.schedule.overlap, layer_pipeline=s.schedule.layer_pipeline, runtime=runtime,
-                    after=tuple(x.after for x in layout), setup_s=setup_s(s), host_factor_G=host_factors(s))
+                    after=tuple(x.after for x in layout), setup_s=setup_s(s), host_factor_G=host_factors(s),
+                    comm_slowdown=s.cluster.comm_compute_slowdown)
 
 
 def route_steps(s: Scenario, topo, placement) -> list[list]:

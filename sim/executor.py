@@ -31,6 +31,8 @@ When nothing is runnable the stream sleeps until something lands, and that wait 
 exchange it waits for (Op.WAIT_DISPATCH / WAIT_COMBINE, the runtimes' blocked waits).
 Dispatch and combine are collectives over every GPU: one starts at the latest GPU's ready time, once
 every comm engine is free, plus its sync; each GPU's part then takes its solved offsets (sim.network).
+While a GPU's part runs, its communication kernels hold SMs and HBM bandwidth: compute inside that window
+takes 1 + `cluster.comm_compute_slowdown` times as long (`stretched`; calibrated by real.interference).
 SimPy events per GPU per layer and micro-batch: one per task that takes time, and a wake-up when a
 collective starts or an awaited chunk lands; never one per flow or token. Everything that ran is
 appended to a `StepRecord`.
@@ -50,6 +52,28 @@ from sim.events import CollectiveRecord, Op, StepRecord
 from sim.network import PhaseTiming
 
 RUNTIMES = ("grouped", "messages")
+ATTENTION_TP = int(Op.ATTENTION_TP)
+"""A TP collective on the stream: communication itself, not slowed by the transfers (`stretched`)."""
+
+
+def stretched(start: float, work: float, windows: list[tuple[float, float]], slowdown: float) -> float:
+    """When a compute task of `work` seconds (alone) started at `start` ends: inside each of the GPU's
+    transfer windows (disjoint, ascending) it runs 1 + slowdown times slower (`StepPlan.comm_slowdown`)."""
+    t, left = start, work
+    for a, b in windows:
+        if b <= t:
+            continue
+        if a > t:
+            if t + left <= a:
+                return t + left
+            left -= a - t
+            t = a
+        inside = (b - t) / (1 + slowdown)  # the work done by the window's end
+        if left <= inside:
+            return t + left * (1 + slowdown)
+        left -= inside
+        t = b
+    return t + left
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,9 @@ class StepPlan:
     """Per-step setup on every GPU before the first layer."""
     host_factor_G: tuple[float, ...] = ()
     """Per GPU, its host's issue costs relative to the costs' (sim.costs' host model; empty: 1)."""
+    comm_slowdown: float = 0.0
+    """Compute inside one of its GPU's transfer windows takes 1 + this times as long
+    (`cluster.comm_compute_slowdown`)."""
 
 
 class _Pending:
@@ -149,6 +176,8 @@ class Executor:
         self.started: dict[tuple[int, int, int], float] = {}
         self.sleeping: list[simpy.Event | None] = [None] * g
         self.gpu_end = [0.0] * g
+        self.windows: list[list[tuple[float, float]]] = [[] for _ in range(g)]
+        """Per GPU, the (start, end) of its part of each collective that started and may still run."""
         # per pattern, per GPU, as Python lists (the processes read them millions of times)
         self.d_arrive = [t.arrive_GC.tolist() for t in plan.dispatch]
         self.c_last = [t.arrive_GC[:, -1].tolist() for t in plan.combine]
@@ -180,6 +209,10 @@ class Executor:
         timing = p.timing
         start = max(p.last_join, max(self.comm_free)) + timing.sync_s
         self.comm_free = (start + timing.done_G).tolist()
+        if self.plan.comm_slowdown > 0:
+            now = self.env.now
+            for g, end in enumerate(self.comm_free):
+                self.windows[g] = [w for w in self.windows[g] if w[1] > now] + [(start, end)]
         self.started[(p.layer, p.mb, int(p.op))] = start
         self.record.collectives.append(CollectiveRecord(layer=p.layer, mb=p.mb, op=p.op, pattern=p.pattern,
                                                         last_join_s=p.last_join, start_s=start))
@@ -200,11 +233,13 @@ class Executor:
 
     # ------------------------------------------------------------------------------------- tasks
     def _spans(self, g: int, layer: int, mb: int, t: float, parts) -> float:
-        add = self._add
+        add, windows = self._add, self.windows[g]
         for op, dur in parts:
             if dur > 0:
-                add((g, layer, mb, op, t, t + dur))
-                t += dur
+                end = stretched(t, dur, windows, self.plan.comm_slowdown) \
+                    if windows and op != ATTENTION_TP else t + dur
+                add((g, layer, mb, op, t, end))
+                t = end
         return t
 
     def _issued(self, st: _GpuState, layer: int, mb: int, t: float, host_s: float, wait: Op) -> float:

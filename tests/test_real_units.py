@@ -226,3 +226,10 @@ def test_host_factors_are_each_ranks_median_ratio_to_the_median_rank():
 
     assert host_factors([run(1.0), run(1.0), run(1.5), run(1.0)]) == [1.0, 1.0, 1.5, 1.0]
     assert host_factors([[{"op": "gate", "s": 1e-3}]]) == []
+
+
+def test_comm_slowdown_is_the_ratio_of_medians_less_one_never_below_zero():
+    from real.interference import slowdown
+
+    assert slowdown([1.0, 2.0, 1.0], [1.2, 5.0, 1.1]) == pytest.approx(0.2)
+    assert slowdown([1.0], [0.9]) == 0.0

@@ -9,7 +9,7 @@ from moe.spec.loader import build_scenario
 from sim.backend import run
 from sim.costs import LayerCosts
 from sim.events import Op, is_wait
-from sim.executor import ExpertWork, StepPlan, run_step
+from sim.executor import ExpertWork, StepPlan, run_step, stretched
 from sim.network import PhaseTiming
 
 
@@ -65,6 +65,35 @@ def test_one_moe_layer_by_hand():
     assert starts == {(Op.DISPATCH, 0, 0): pytest.approx(1.6), (Op.COMBINE, 0, 0): pytest.approx(6.7)}
     assert rec.gpu_end == pytest.approx([7.7, 7.7])
     assert rec.end_s == pytest.approx(7.7)
+
+
+def test_compute_inside_a_transfer_window_runs_slower():
+    """stretched: 1 + slowdown times as long inside a window, full speed outside it."""
+    w = [(2.0, 4.0), (6.0, 7.0)]
+    assert stretched(0.0, 1.5, w, 1.0) == pytest.approx(1.5)  # ends before the first window
+    assert stretched(1.0, 2.0, w, 1.0) == pytest.approx(4.0)  # 1 s before it, then 1 s of work in 2 s inside
+    assert stretched(3.0, 3.0, w, 1.0) == pytest.approx(7.0)  # 0.5 in [3, 4], 2 in [4, 6], 0.5 in [6, 7]
+    assert stretched(8.0, 1.0, w, 1.0) == pytest.approx(9.0)  # after every window
+    assert stretched(1.0, 2.0, w, 0.0) == pytest.approx(3.0)
+    assert stretched(3.5, 1.0, [(1.0, 3.0)] + w, 1.0) == pytest.approx(4.75)  # a window that has ended
+
+
+def test_one_moe_layer_by_hand_with_compute_slowed_by_transfers():
+    """As by hand above, with comm_slowdown 0.5. GPU 0's dispatch part runs 1.6 -> 3.6: its first kernel
+    (2 s of work from 2.6) does 1 / 1.5 s of work by 3.6 and ends at 3.6 + 4/3; the second runs after it,
+    outside the window. GPU 1's part runs 1.6 -> 4.6: 2.6 -> 4.1 (1 s at 2/3), 4.1 -> 4.6 + 2/3, then 2 s.
+    The combine starts at GPU 1's end + 0.1; its window holds no compute."""
+    base = plan()
+    rec = run_step(StepPlan(**{**base.__dict__, "comm_slowdown": 0.5}))
+    got = spans(rec, 0)
+    assert [x[0] for x in got] == ["ATTENTION", "GATE", "EXPERT", "EXPERT"]
+    assert [t for x in got for t in x[1:]] == pytest.approx([0.0, 1.0, 1.0, 1.5, 2.6, 3.6 + 4 / 3, 3.6 + 4 / 3,
+                                                             5.6 + 4 / 3])
+    g1_end = 4.6 + 2 / 3 + 2.0
+    assert spans(rec, 1)[-1][1:] == pytest.approx((4.6 + 2 / 3, g1_end))
+    combine = next(c for c in rec.collectives if c.op == Op.COMBINE)
+    assert combine.start_s == pytest.approx(g1_end + 0.1)
+    assert rec.end_s == pytest.approx(g1_end + 0.1 + 1.0)
 
 
 def test_a_collective_waits_for_the_slowest_gpu_and_busy_engines():

@@ -149,6 +149,10 @@ class Cluster(Section):
     comm_copy_GBps: NonNegFloat = 0.0
     """Bytes per second the communication kernels' SMs copy per GPU (into send buffers, forwarding,
     out of receive buffers); 0: copies are not a limit (the simulator then models links only)."""
+    comm_compute_slowdown: NonNegFloat = 0.0
+    """How much slower compute runs while its GPU's communication kernels move data (their SMs and HBM
+    traffic are taken from it): the simulator stretches a compute task's time inside a transfer's window by
+    1 + this. Calibrated (`real.interference`: a GEMM beside an all-to-all); 0: no interference."""
     alltoall_curve: tuple[CurvePoint, ...] = ()
     """Measured all-to-all bus bandwidth versus bytes per rank (calibration)."""
     p2p_curve: tuple[CurvePoint, ...] = ()
