@@ -69,7 +69,10 @@ def measure_comm_slowdown(repeats: int) -> float:
     for _ in range(3):
         gemm_s(), a2a_s()
     alone = [gemm_s() for _ in range(repeats)]
-    chain = 1 + math.ceil(3 * statistics.median(alone) / statistics.median([a2a_s() for _ in range(repeats)]))
+    mine = 1 + math.ceil(3 * statistics.median(alone) / statistics.median([a2a_s() for _ in range(repeats)]))
+    longest = torch.tensor([mine], device=dev)  # every rank must post as many collectives: the longest chain
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    chain = int(longest.item())
     beside = []
     for _ in range(repeats):
         dist.barrier()
@@ -83,7 +86,6 @@ def measure_comm_slowdown(repeats: int) -> float:
         main.wait_event(first)  # the GEMM starts once the chain runs at full rate
         beside.append(gemm_s())
         torch.cuda.synchronize(dev)
-    mine = slowdown(alone, beside)
     every = [0.0] * ranks
-    dist.all_gather_object(every, mine)
+    dist.all_gather_object(every, slowdown(alone, beside))
     return round(statistics.median(every), 4)
