@@ -271,6 +271,14 @@ def combine_sum_s(s: Scenario, tokens: float, rows: float) -> float:
     return float(memory_time_s(s.cluster, nbytes))
 
 
+def pack_device_s(s: Scenario, tokens: float) -> float:
+    """The pack's device seconds apart from the host's planning (host model): the `dispatch` op's `device_s`
+    where the table has it, else the pack's memory traffic."""
+    sig = shapes.op_signature(s.model, "dispatch", wire(s))
+    t = op_device_s(s.cluster, "dispatch", sig, tokens) if tokens > 0 and s.model.moe_layers else None
+    return t if t is not None else pack_physics_s(s, tokens)
+
+
 def pack_physics_s(s: Scenario, tokens: float) -> float:
     """The pack's device work: read the rows in BF16, write them in the dispatch dtype (+ FP8 scales) after
     their routing meta."""
@@ -364,12 +372,9 @@ def layer_costs(s: Scenario, mb: MicroBatch, returned_rows: float = 0.0) -> Laye
     measured time is the pack's and the host is assumed to keep up."""
     t = mb.tokens
     host = host_model(s)
-    sig = shapes.op_signature(s.model, "dispatch", wire(s))
-    pack_device = op_device_s(s.cluster, "dispatch", sig, t) if host and t > 0 else None
     costs = LayerCosts(tokens=t, attention_s=attention_s(s, mb), attention_tp_comm_s=attention_tp_comm_s(s, t),
                        gate_s=gate_s(s, t), dense_ffn_s=dense_ffn_s(s, t), shared_expert_s=shared_expert_s(s, t),
-                       pack_s=pack_s(s, t) if not host else pack_device if pack_device is not None
-                       else pack_physics_s(s, t),
+                       pack_s=pack_device_s(s, t) if host else pack_s(s, t),
                        combine_sum_s=combine_sum_s(s, t, returned_rows))
     if not host or t <= 0:
         return costs
