@@ -53,17 +53,13 @@ def layout(scenario: Scenario) -> Layout:
                         f"context_len={w.context_len} per rank")
     l = t // b
     cached = w.context_len if w.phase == "decode" else 0
-    if b >= m:
-        seq_groups = np.array_split(np.arange(b), m)
-        mbs = [MicroBatch(i, torch.from_numpy((seqs[:, None] * l + np.arange(l)).ravel()), i, None)
-               for i, seqs in enumerate(seq_groups)]
-        return Layout(b, l, cached, mbs, [len(s) for s in seq_groups])
-    if l < m:
+    if b < m and l < m:
         raise SpecError("schedule.micro_batches", m, f"more than the {l} tokens of each of the {b} sequences")
-    chunks = np.array_split(np.arange(l), m)
-    mbs = [MicroBatch(i, torch.from_numpy((np.arange(b)[:, None] * l + c[None, :]).ravel()), 0,
-                      i - 1 if i else None) for i, c in enumerate(chunks)]
-    return Layout(b, l, cached, mbs, [b])
+    tokens = [torch.from_numpy(x) for x in sizes.micro_batch_tokens(scenario)]
+    if b >= m:
+        groups = [len(x) for x in np.array_split(np.arange(b), m)]
+        return Layout(b, l, cached, [MicroBatch(i, x, i, None) for i, x in enumerate(tokens)], groups)
+    return Layout(b, l, cached, [MicroBatch(i, x, 0, i - 1 if i else None) for i, x in enumerate(tokens)], [b])
 
 
 def full_caches(model, lay: Layout, seed: int) -> list[KVCache]:

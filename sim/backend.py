@@ -28,7 +28,17 @@ from moe.spec.loader import scenario_dict
 from moe.spec.schema import Scenario
 from moe.topology import LINK_KINDS, build_topology
 from moe.traffic import compute_traffic
-from sim.costs import expert_issue_s, expert_s, host_factors, layer_costs, micro_batches, setup_s, shard_s
+from moe.traffic.counts import slot_requests_of
+from sim.costs import (
+    expert_issue_s,
+    expert_s,
+    graph_padding,
+    host_factors,
+    layer_costs,
+    micro_batches,
+    setup_s,
+    shard_s,
+)
 from sim.executor import ExpertWork, StepPlan, run_step
 from sim.network import PhaseTiming, phase_input, solve_phase
 from sim.reduce import StepFacts, reduce_result, reduce_trace
@@ -71,8 +81,13 @@ def transport_curve(s: Scenario, runtime: str) -> str:
     return "alltoall" if s.real.transport == "all_to_all" else "p2p"
 
 
-def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, runtime: str) -> ExpertWork:
+def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, runtime: str,
+                slot_mGS: np.ndarray | None = None) -> ExpertWork:
     """Routed-expert seconds of one micro-batch per GPU (sim.costs.expert_s on rows per slot).
+    `slot_mGS`: each micro-batch's own rows per slot (grouped), given where calls run on padded rows
+    (sim.costs.graph_padding): each pads its own, which their mean does not tell (a mean of exactly 2048
+    rows pads nothing, micro-batches of 2040 and 2056 rows pad to 2048 and 2176); every task is scaled by
+    the mean of the micro-batches' times over the mean rows' time.
 
     grouped: arrival chunks i..j-1 as one task, each slot running the chunks' share of its rows;
     messages: the GPU's own rows alone (its share of every slot's rows), and each other source's rows
@@ -94,6 +109,10 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
         for i in range(chunks):
             for j in range(i + 1, chunks + 1):
                 runs[:, i, j] = expert_s(s, slot_GS * (cum_GC1[:, j] - cum_GC1[:, i])[:, None])
+        if slot_mGS is not None:
+            padded = np.mean([expert_s(s, x) for x in slot_mGS], axis=0)
+            runs *= np.divide(padded, whole, out=np.ones_like(whole), where=whole > 0)[:, None, None]
+            whole = padded
         return ExpertWork(runs_GCC1=runs, whole_G=whole, host_G=expert_issue_s(s, slot_GS, rows_G),
                           fixed_G=shard_s(s, rows_G))
     frac_GG = pair_GG / np.maximum(rows_G, 1e-300)[None, :]  # [src, dst]: share of dst's rows
@@ -119,6 +138,7 @@ def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:
     curve = transport_curve(s, runtime)
     dispatch, combine, experts = [], [], []
     record = s.sim.link_timeline
+    own_rows = sizes.micro_batch_tokens(s) if mb > 1 and runtime == "grouped" and graph_padding(s) else None
     for t in traffics:
         d = solve_phase(phase_input(t.dispatch, t, topo, s.cluster, "dispatch", sizes.dispatch_bytes_per_token(s),
                                     scale, curve), s.cluster, s.sim.network, topo.gpus, record,
@@ -127,7 +147,9 @@ def build_plan(s: Scenario, topo, traffics: list) -> StepPlan:
                                     scale, curve), s.cluster, s.sim.network, topo.gpus, record)
         dispatch.append(d)
         combine.append(c)
-        experts.append(expert_work(s, t, d, mb, runtime))
+        slot_mGS = None if own_rows is None else \
+            slot_requests_of(t.assignment, own_rows, len(t.slot_tokens_X)).reshape(mb, topo.gpus, -1)
+        experts.append(expert_work(s, t, d, mb, runtime, slot_mGS))
     m = s.model
     n = max(len(traffics), 1)
     pattern = tuple(-1 if i < m.dense_layers else (i - m.dense_layers) % n for i in range(m.layers))

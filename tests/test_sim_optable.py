@@ -244,3 +244,26 @@ def test_a_shards_fixed_work_is_paid_once_per_key_in_grouped_mode():
     assert float(plan.expert[0].fixed_G[0]) == pytest.approx(64e-5)  # 64 rows received, 1e-5 s each
     extra = run(with_shard).result.step_time_s - run(without).result.step_time_s
     assert extra == pytest.approx(with_shard.model.moe_layers * 64e-5, rel=1e-6)
+
+
+def test_each_micro_batch_pads_its_own_rows():
+    """With padded expert calls and two micro-batches, a GPU's expert time is the mean of each micro-batch's
+    padded calls on its own rows (moe.traffic.counts.slot_requests_of), not the padded mean rows."""
+    from moe.spec import sizes
+    from moe.traffic.counts import slot_requests_of
+
+    base = tiny_scenario()
+    exchange = pts("exchange", op_signature(base.model, "exchange"), [(16, 3e-3)])
+    s = tiny_scenario(full_table(base.model, per_node=0) + exchange, cluster={"gpus_per_node": 2},
+                      workload={"tokens_per_gpu": 200, "context_len": 50},
+                      schedule={"micro_batches": 2, "overlap": True})
+    topo = build_topology(s.cluster)
+    traffics = route_steps(s, topo, placement_for(s))[0]
+    plan = build_plan(s, topo, traffics)
+    t = traffics[0]
+    own = slot_requests_of(t.assignment, sizes.micro_batch_tokens(s), len(t.slot_tokens_X)).reshape(2, 2, -1)
+    assert np.array_equal(own.sum(axis=0).ravel(), t.slot_tokens_X)
+    want = (costs.expert_s(s, own[0]) + costs.expert_s(s, own[1])) / 2
+    assert plan.expert[0].whole_G == pytest.approx(want)
+    mean_rows = costs.expert_s(s, t.slot_tokens_X.reshape(2, -1) / 2.0)
+    assert not np.allclose(want, mean_rows)  # the case the mean misses

@@ -125,6 +125,27 @@ def test_micro_batches_agree_with_the_whole_batch():
                           halves[1].assignment.slot_KN.reshape(3, 6, 15))
 
 
+def test_slot_requests_of_token_subsets_match_the_subsets_own_traffic():
+    """slot_requests_of on a batch's assignment equals each subset's own traffic (dropped requests
+    excluded), and subsets that partition the tokens sum to the batch's slot requests."""
+    from moe.traffic.counts import slot_requests_of
+
+    topo = _topo(nodes=3, gpn=2)
+    pl = make_placement("x", [[0, 1], [2, 3], [0, 4], [5, 1], [0, 2], [3, 5]], 6, 2)
+    rng = np.random.default_rng(1)
+    ids = np.stack([np.stack([rng.choice(6, 3, replace=False) for _ in range(40)]) for _ in range(6)])
+    p = _params("direct", tokens_per_gpu=40)
+    whole = traffic_from_ids(p, topo, pl, ids)
+    subsets = [np.arange(0, 40, 2), np.arange(1, 40, 2)]  # not ranges: any positions
+    got = slot_requests_of(whole.assignment, subsets, len(whole.slot_tokens_X))
+    assert np.array_equal(got.sum(axis=0), whole.slot_tokens_X)
+    own = traffic_from_ids(p, topo, pl, ids[:, subsets[0]], tokens=subsets[0])
+    assert np.array_equal(got[0], own.slot_tokens_X)
+    capped = traffic_from_ids(_params("direct", capacity=1.0, tokens_per_gpu=40), topo, pl, ids)
+    assert capped.dropped > 0
+    assert np.array_equal(slot_requests_of(capped.assignment, subsets, 12).sum(axis=0), capped.slot_tokens_X)
+
+
 def test_for_source_gives_a_rank_its_destinations():
     topo = _topo()
     t = traffic_from_ids(_params("direct"), topo, make_placement("x", ONE_PER_GPU, 4, 2), IDS, sources=[0])

@@ -202,6 +202,17 @@ def sequences_per_gpu(scenario: Scenario) -> int:
     return w.tokens_per_gpu if w.phase == "decode" else max(1, math.ceil(w.tokens_per_gpu / w.context_len))
 
 
+def micro_batch_tokens(scenario: Scenario) -> list[np.ndarray]:
+    """Per micro-batch, the indices of its tokens among a GPU's T (ascending; token b * L + l is token l of
+    sequence b): whole sequences when there are at least as many sequences as micro-batches, else a chunk
+    of consecutive positions of every sequence (emu/microbatch.py's layout, which checks the split)."""
+    t, b, m = scenario.workload.tokens_per_gpu, sequences_per_gpu(scenario), scenario.schedule.micro_batches
+    per = t // b
+    if b >= m:
+        return [(seqs[:, None] * per + np.arange(per)).ravel() for seqs in np.array_split(np.arange(b), m)]
+    return [(np.arange(b)[:, None] * per + c[None, :]).ravel() for c in np.array_split(np.arange(per), m)]
+
+
 def cached_tokens_per_gpu(scenario: Scenario) -> int:
     """Tokens whose KV this GPU's attention keeps: the prompts (prefill) or every sequence's context
     (decode)."""

@@ -83,3 +83,21 @@ def batch_counts(a: Assignment, gpus: int, gpus_per_node: int, need_nodes: bool)
     if s_count == 1:
         slot_X = pair_GG.sum(axis=0)
     return pair_GG, node_GD, slot_X
+
+
+def slot_requests_of(a: Assignment, subsets: list[np.ndarray], slots: int) -> np.ndarray:
+    """[M, X]: the (token, choice) requests slot x computes among each subset of the batch's token positions
+    (indices into `a.tokens_T`, the same for every source: a micro-batch's tokens), dropped ones excluded.
+    Subsets that partition the tokens sum to `batch_counts`' slot requests."""
+    k, t, b = a.top_k, len(a.tokens_T), len(a.sources_B)
+    slot_KBT = a.slot_KN.reshape(k, b, t)
+    dropped_KBT = None if a.dropped_KN is None else a.dropped_KN.reshape(k, b, t)
+    out = np.zeros((len(subsets), slots), dtype=np.int64)
+    for i, sub in enumerate(subsets):
+        sub = np.asarray(sub)
+        contiguous = len(sub) and sub[-1] - sub[0] + 1 == len(sub)
+        pick = slice(int(sub[0]), int(sub[-1]) + 1) if contiguous else sub  # a view where it can
+        slot = slot_KBT[:, :, pick]
+        kept = slot if dropped_KBT is None else slot[~dropped_KBT[:, :, pick]]
+        out[i] = np.bincount(kept.ravel(), minlength=slots)
+    return out
