@@ -84,10 +84,6 @@ def transport_curve(s: Scenario, runtime: str) -> str:
 def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, runtime: str,
                 slot_mGS: np.ndarray | None = None) -> ExpertWork:
     """Routed-expert seconds of one micro-batch per GPU (sim.costs.expert_s on rows per slot).
-    `slot_mGS`: each micro-batch's own rows per slot (grouped), given where calls run on padded rows
-    (sim.costs.graph_padding): each pads its own, which their mean does not tell (a mean of exactly 2048
-    rows pads nothing, micro-batches of 2040 and 2056 rows pad to 2048 and 2176); every task is scaled by
-    the mean of the micro-batches' times over the mean rows' time.
 
     grouped: arrival chunks i..j-1 as one task, each slot running the chunks' share of its rows;
     messages: the GPU's own rows alone (its share of every slot's rows), and each other source's rows
@@ -95,7 +91,11 @@ def expert_work(s: Scenario, traffic, timing: PhaseTiming, micro_batches: int, r
     spread over the remote arrival chunks by their token share. Both: every row at once (no overlap).
     A shard's fixed work (sim.costs.shard_s, on the rows it holds) is paid once per computed shard: per key
     in grouped mode (`fixed_G`, with its first task), per source's shard in messages mode (in its task).
-    host_G: the host's cost of issuing that work (sim.costs.expert_issue_s)."""
+    host_G: the host's cost of issuing that work (sim.costs.expert_issue_s).
+    `slot_mGS`: each micro-batch's own rows per slot (grouped), given where calls run on padded rows
+    (sim.costs.graph_padding): each pads its own, which their mean does not tell (a mean of exactly 2048
+    rows pads nothing, micro-batches of 2040 and 2056 rows pad to 2048 and 2176); every task is scaled by
+    the mean of the micro-batches' times over the mean rows' time."""
     g = traffic.topology.gpus
     slot_GS = traffic.slot_tokens_X.reshape(g, -1).astype(np.float64) / micro_batches
     pair_GG = traffic.pair_tokens_GG.astype(np.float64) / micro_batches  # [src, dst]: rows of one micro-batch
