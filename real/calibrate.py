@@ -30,7 +30,8 @@ What is measured (timing discipline: warm-up, synchronize, CUDA events, median o
   `--scenario FILE` (repeatable) measures those scenario files' models instead of MODELS, each signature
   once, at the token counts their micro-batches run (`real.op_points`);
 - the protocol's host bookkeeping of one exchange (counts round trip, posting the collectives: op
-  `exchange`, host clock, every rank at once) over the same token grid -> `op_table`.
+  `exchange`, host clock, every rank at once) over the same token grid, by the job's first 1, 2, 4, ...
+  ranks and by all of them (`ranks`) -> `op_table`.
 Progress (four stages) on rank 0's stderr.
 Peak rates (`fp8_TFLOPS`, `bf16_TFLOPS`) are the best measured GEMM rates, the roofline ceiling the
 simulator uses outside the table. NIC keys are kept from the `h100-ib` preset on a single node.
@@ -212,13 +213,34 @@ def measure_ops(models: list[tuple[Model, Wire]], grid, repeats: int, graphs: bo
     return out
 
 
+def exchange_rank_counts(world: int) -> list[int]:
+    """The job sizes op `exchange` is measured at: every power of two below the job's ranks, and its ranks."""
+    return sorted({1 << i for i in range(world.bit_length()) if 1 << i < world} | {world})
+
+
 def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ...], repeats: int) -> list[dict]:
     """Op `exchange`: host seconds of the protocol's bookkeeping of one (layer, micro-batch) exchange of T
     tokens through the real transport (`real.transport`'s default), every rank at once from a barrier:
     the counts round trip, posting the row and result collectives and the receives, as
     `emu.runtime` calls them (`emu.dispatch`; planning and packing are the `dispatch` op, the expert and
-    the sum their own ops). Uniform routing over the model's experts; per_node 0 as for every GPU point
-    (its ranks are the calibration job's); the median over ranks of each rank's median."""
+    the sum their own ops). Measured by the job's first r ranks for every r of `exchange_rank_counts`, the
+    others waiting, -> `ranks` r: fewer ranks have fewer peers to count and post to (one rank took 1.2 ms
+    where four took 2.1, `benchmarks/measured/h100x4-2026-11-27l`). Uniform routing over the model's
+    experts; per_node 0 as for every GPU point; the median over the r ranks of each rank's median."""
+    import torch.distributed as dist
+
+    from real.groups import prefix_groups
+
+    out = []
+    for r in exchange_rank_counts(dist.get_world_size()):
+        groups = prefix_groups(dist.get_backend(), EXCHANGE_TIMEOUT_S, r)
+        if groups is not None:
+            out += _exchange_points(models, tokens, repeats, groups)
+    return out
+
+
+def _exchange_points(models: list[tuple[Model, Wire]], tokens: tuple[int, ...], repeats: int, groups) -> list[dict]:
+    """`measure_exchange_ops` on the ranks of `groups` (real.groups)."""
     import time
 
     import numpy as np
@@ -228,13 +250,11 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
     from emu import dispatch as dp
     from moe.model.optable import uniform_routing
     from moe.model.shapes import EXCHANGE, op_signature
-    from real.groups import process_groups
     from real.transport import RealTransport
 
-    ranks, backend = dist.get_world_size(), dist.get_backend()
-    dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    ranks = dist.get_world_size(groups.counts)
+    dev = torch.device("cuda", torch.cuda.current_device()) if groups.backend == "nccl" else torch.device("cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    groups = process_groups(backend, EXCHANGE_TIMEOUT_S)
     tr = RealTransport(groups, RealOptions().transport, dev, EXCHANGE_TIMEOUT_S)
     gen = torch.Generator().manual_seed(dist.get_rank())
     out, seen = [], set()
@@ -275,7 +295,8 @@ def measure_exchange_ops(models: list[tuple[Model, Wire]], tokens: tuple[int, ..
             mine = statistics.median(times)
             every = [None] * ranks
             dist.all_gather_object(every, mine, group=groups.objects)
-            out.append({"op": EXCHANGE, "model": sig, "tokens": t, "context": 0, "s": statistics.median(every)})
+            out.append({"op": EXCHANGE, "model": sig, "tokens": t, "context": 0, "s": statistics.median(every),
+                        "ranks": ranks})
     return out
 
 

@@ -100,7 +100,7 @@ class RealTransport(Transport):
         self.symm: symm.Buffers | None = None
         self.pg = groups
         self.mode = mode
-        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.rank, self.size = dist.get_rank(groups.counts), dist.get_world_size(groups.counts)
         self.device = device
         self.cuda = device.type == "cuda"
         self.stream_ordered = self.cuda if stream_ordered is None else stream_ordered

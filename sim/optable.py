@@ -6,7 +6,8 @@ shared the node while they were measured (`per_node`). A lookup:
 
 - selects the points of (op, signature) whose per_node equals the scenario's ranks per node
   (gpus_per_node), else those with per_node 0 (measured on a device of its own), else the nearest
-  per_node (in ratio);
+  per_node (in ratio); of those, where they record the job size they were measured at (`ranks`: the
+  exchange), the ones nearest the scenario's GPUs (in ratio; a tie to the larger);
 - per context (keys per sequence; 0 for operations without one) interpolates the time linearly in tokens
   between measured counts; below the smallest count the time stays at that point's (fixed costs
   dominate there); above the largest it grows in proportion to the tokens (the last point's time per
@@ -42,8 +43,17 @@ def _index(table: tuple[OpPoint, ...]) -> dict[tuple[str, str], dict[int, list[O
     return out
 
 
+def _nearest(have, want: int) -> int:
+    """Of the counts `have`, the nearest `want` in ratio; a tie to the larger."""
+    return min(have, key=lambda k: (abs(np.log(max(k, 1) / max(want, 1))), -k))
+
+
+def _chosen(cluster: Cluster, op: str, signature: str, field: str = "s"):
+    return _curves(cluster.op_table, op, signature, cluster.gpus_per_node, cluster.gpus, field)
+
+
 @lru_cache(maxsize=1024)
-def _curves(table: tuple[OpPoint, ...], op: str, signature: str, per_node: int,
+def _curves(table: tuple[OpPoint, ...], op: str, signature: str, per_node: int, gpus: int,
             field: str = "s") -> tuple[tuple[int, Curve], ...] | None:
     """The chosen points' `field` ("s", "host_s" or "device_s") as (context, curve) pairs, contexts
     ascending; None without points or where a chosen point lacks the field."""
@@ -55,8 +65,11 @@ def _curves(table: tuple[OpPoint, ...], op: str, signature: str, per_node: int,
     elif 0 in by_share:
         pts = by_share[0]
     else:
-        nearest = min(by_share, key=lambda k: (abs(np.log(max(k, 1) / max(per_node, 1))), -k))
-        pts = by_share[nearest]
+        pts = by_share[_nearest(by_share, per_node)]
+    sizes = {p.ranks for p in pts if p.ranks}
+    if sizes:
+        size = _nearest(sizes, gpus)
+        pts = [p for p in pts if p.ranks == size]
     if any(getattr(p, field) is None for p in pts):
         return None
     by_ctx: dict[int, dict[int, list[float]]] = {}
@@ -86,7 +99,7 @@ def op_floor_s(cluster: Cluster, op: str, signature: str) -> float | None:
     """The least measured seconds of `op` (any token count or context): its fixed cost, which on a GPU is
     the host's cost of issuing the op's kernels (the device finishes them sooner at small counts); None
     without points."""
-    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
+    curves = _chosen(cluster, op, signature)
     return None if curves is None else float(min(s_P.min() for _, (_, s_P) in curves))
 
 
@@ -97,14 +110,14 @@ def op_time_s(cluster: Cluster, op: str, signature: str, tokens, context: float 
     t = op_device_s(cluster, op, signature, tokens, context)
     if t is not None:
         return t
-    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node)
+    curves = _chosen(cluster, op, signature)
     return None if curves is None else _lookup(curves, tokens, context)
 
 
 def op_device_s(cluster: Cluster, op: str, signature: str, tokens, context: float = 0.0):
     """The points' `device_s` (timed with the host ahead: the device's work alone) of `op` on `tokens`;
     None unless every chosen point has it (CPU and older GPU calibrations)."""
-    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node, "device_s")
+    curves = _chosen(cluster, op, signature, "device_s")
     return None if curves is None else _lookup(curves, tokens, context)
 
 
@@ -112,7 +125,7 @@ def op_issue_s(cluster: Cluster, op: str, signature: str, tokens, context: float
     """Host seconds of issuing `op` on `tokens`: the measured `host_s` where every chosen point has it,
     else the op's floor (`op_floor_s`: an upper bound, the least time of the whole call); None without
     points."""
-    curves = _curves(cluster.op_table, op, signature, cluster.gpus_per_node, "host_s")
+    curves = _chosen(cluster, op, signature, "host_s")
     if curves is None:
         floor = op_floor_s(cluster, op, signature)
         if floor is None:

@@ -196,7 +196,7 @@ def test_exchange_op_is_the_protocols_host_time_per_signature(groups):
     points = measure_exchange_ops(models, (4, 32), repeats=2)
     assert [(p["model"], p["tokens"]) for p in points] == [
         ("d256k4-fp8-bf16", 4), ("d256k4-fp8-bf16", 32), ("d256k1-bf16-bf16", 4), ("d256k1-bf16-bf16", 32)]
-    assert all(p["op"] == "exchange" and p["s"] > 0 and "per_node" not in p for p in points)
+    assert all(p["op"] == "exchange" and p["s"] > 0 and "per_node" not in p and p["ranks"] == 1 for p in points)
 
 
 def test_calibrating_for_scenarios_measures_what_their_micro_batches_look_up(tmp_path):
@@ -233,3 +233,35 @@ def test_comm_slowdown_is_the_ratio_of_medians_less_one_never_below_zero():
 
     assert slowdown([1.0, 2.0, 1.0], [1.2, 5.0, 1.1]) == pytest.approx(0.2)
     assert slowdown([1.0], [0.9]) == 0.0
+
+
+EXCHANGE_CHILD = """
+import json
+import torch.distributed as dist
+from real import dist as rdist
+rdist.init("gloo", timeout_s=60)
+from moe.spec.loader import build_scenario
+from real.calibrate import measure_exchange_ops
+tiny = build_scenario({"model": {"preset": "tiny"}}).model
+points = measure_exchange_ops([(tiny, ("fp8", "bf16"))], (4, 32), repeats=2)
+if dist.get_rank() == 0:
+    print(json.dumps([[p["ranks"], p["tokens"], p["s"]] for p in points]))
+dist.destroy_process_group()
+"""
+
+
+def test_the_exchange_op_is_measured_by_the_first_1_2_and_4_ranks_of_a_4_rank_job():
+    """real.calibrate.measure_exchange_ops on 4 gloo processes: points for 1, 2 and 4 ranks (`ranks`), the
+    ranks outside a smaller group waiting for it; every size at every token count."""
+    import json
+
+    from test_real_correctness import launch_local
+
+    from real.calibrate import exchange_rank_counts
+
+    assert [exchange_rank_counts(n) for n in (1, 2, 4, 6, 8)] == [[1], [1, 2], [1, 2, 4], [1, 2, 4, 6], [1, 2, 4, 8]]
+    codes, out, err = launch_local(4, ["-c", EXCHANGE_CHILD], timeout_s=240)
+    assert codes == [0] * 4, out + err
+    points = json.loads(out.strip().splitlines()[-1])
+    assert [(r, t) for r, t, _ in points] == [(1, 4), (1, 32), (2, 4), (2, 32), (4, 4), (4, 32)]
+    assert all(s > 0 for _, _, s in points)

@@ -267,3 +267,16 @@ def test_each_micro_batch_pads_its_own_rows():
     assert plan.expert[0].whole_G == pytest.approx(want)
     mean_rows = costs.expert_s(s, t.slot_tokens_X.reshape(2, -1) / 2.0)
     assert not np.allclose(want, mean_rows)  # the case the mean misses
+
+
+def test_the_exchange_comes_from_the_job_size_nearest_the_scenarios_gpus():
+    """Exchange points measured by 1, 2 and 4 ranks (`ranks`): a scenario takes the nearest size in ratio
+    (a tie to the larger), beyond them the largest; points without a size are one curve for every size."""
+    tagged = [{**p, "ranks": r} for r in (1, 2, 4) for p in pts("exchange", "sig", [(16, r * 1e-3)])]
+
+    def lookup(table, gpus):
+        return op_time_s(cluster(table, gpus_per_node=gpus), "exchange", "sig", 16)
+
+    assert [lookup(tagged, g) for g in (1, 2, 3, 4, 64)] == pytest.approx([1e-3, 2e-3, 4e-3, 4e-3, 4e-3])
+    untagged = pts("exchange", "sig", [(16, 5e-3)])
+    assert lookup(untagged, 1) == lookup(untagged, 8) == pytest.approx(5e-3)

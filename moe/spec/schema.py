@@ -107,6 +107,9 @@ class OpPoint(Section):
     context: NonNegInt = 0
     s: PosFloat
     per_node: NonNegInt = 0
+    ranks: NonNegInt = 0
+    """Ranks that took part in the measured call (op `exchange`, measured at several job sizes; the simulator
+    takes the points nearest its GPUs, sim.optable); 0: not recorded (per-GPU ops, older calibrations)."""
     host_s: NonNegFloat | None = None
     """Host seconds of the call (GPU calibration: from the call to its return, the device running its
     kernels meanwhile): the cost of issuing it, which the simulator's host model charges (sim.costs)."""
